@@ -1,0 +1,81 @@
+"""One exception root for everything cachedvec raises on purpose.
+
+Callers catch :class:`CachedVecError` to handle any cachedvec failure; the
+subclasses say which boundary rejected the input. Several also derive from
+the built-in they specialise (``ValueError``, ``KeyError``...) so code
+written against plain Python conventions keeps working.
+"""
+
+from __future__ import annotations
+
+
+class CachedVecError(Exception):
+    """Root of every error cachedvec raises deliberately."""
+
+
+class ConfigError(CachedVecError, ValueError):
+    """An argument or option is invalid (unknown metric, bad batch size...)."""
+
+
+class InvalidURLError(ConfigError):
+    """A store URL has an unknown scheme or a malformed path or query."""
+
+
+class StoreError(CachedVecError):
+    """A byte store cannot be opened, read or written."""
+
+
+class SchemaError(StoreError):
+    """A SQL store's schema is missing, behind or ahead of this code."""
+
+
+class InvalidKeyError(StoreError, ValueError):
+    """A key cannot be stored safely (for example it would escape a folder)."""
+
+
+class InvalidTextError(CachedVecError, ValueError):
+    """A text cannot be hashed (for example it holds a lone surrogate)."""
+
+
+class ModelError(CachedVecError):
+    """The embedding model failed or returned unusable output."""
+
+
+class ModelOutputError(ModelError, ValueError):
+    """Wrong count, wrong dimension or non-finite values from a model."""
+
+
+class CodecError(CachedVecError, ValueError):
+    """Bytes are not a valid encoded vector (truncated, garbled, wrong dim)."""
+
+
+class VectorIndexError(CachedVecError):
+    """Base for vector index problems."""
+
+
+class IndexCorruptError(VectorIndexError):
+    """An index folder is damaged: missing file, bad checksum, bad manifest."""
+
+
+class IndexMismatchError(VectorIndexError):
+    """An index was built by another model, dimension or metric."""
+
+
+class DimensionError(VectorIndexError, ValueError):
+    """Vectors of the wrong dimension were given to an index."""
+
+
+class FilterError(CachedVecError, ValueError):
+    """A metadata filter is malformed."""
+
+
+class MissingVectorsError(CachedVecError):
+    """A rebuild needs vectors that the cache does not hold."""
+
+    def __init__(self, message: str, missing: int) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class SourceError(CachedVecError):
+    """An ingestion source cannot be read (missing, binary, not UTF-8)."""

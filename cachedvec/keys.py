@@ -1,0 +1,162 @@
+"""Cache keys: which model made a vector, for which kind of text, of which text.
+
+Key format (documented in ``docs/architecture.md``)::
+
+    cv1:<model-slug>:<fingerprint>:<kind>:<digest>
+
+- ``cv1`` is the key format version.
+- ``<model-slug>`` is a readable, lower-case form of the model name (only
+  ``[a-z0-9._-]``), there for people browsing a store; it plays no part in
+  correctness.
+- ``<fingerprint>`` is the first 16 hex digits of a sha256 over a canonical
+  JSON of everything that changes a model's output: identity, weights digest
+  or revision, dimension, normalisation, prompts, pooling and API parameters
+  (such as OpenAI's ``dimensions=512``). Change any of them and every key
+  changes, so vectors of two models can never mix.
+- ``<kind>`` is ``doc`` or ``query``: asymmetric models (E5, BGE) embed a
+  question differently from a passage, so the two never share keys.
+- ``<digest>`` is the sha256 (default) or blake2b hex digest of the exact
+  UTF-8 text: no normalisation, so two texts share a key only if identical.
+
+A user-given namespace replaces ``<model-slug>:<fingerprint>`` verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cachedvec.errors import ConfigError, InvalidTextError
+
+KEY_VERSION = "cv1"
+Kind = Literal["doc", "query"]
+KINDS: tuple[Kind, ...] = ("doc", "query")
+_SLUG_STRIP = re.compile(r"[^a-z0-9._-]+")
+_NAMESPACE_OK = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """Everything about a model that changes the vectors it produces."""
+
+    model: str
+    revision: str | None = None
+    dim: int | None = None
+    normalize: bool | None = None
+    document_prompt: str | None = None
+    query_prompt: str | None = None
+    pooling: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def canonical(self) -> str:
+        """Stable JSON text of the fingerprint (sorted keys, no spaces)."""
+        data = {
+            "model": self.model,
+            "revision": self.revision,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "document_prompt": self.document_prompt,
+            "query_prompt": self.query_prompt,
+            "pooling": self.pooling,
+            "params": dict(self.params),
+        }
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
+
+    def namespace(self) -> str:
+        """The ``<model-slug>:<fingerprint>`` part of every key."""
+        return f"{slug(self.model)}:{self.digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.canonical())  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelFingerprint:
+        try:
+            return cls(
+                model=str(data["model"]),
+                revision=data.get("revision"),
+                dim=data.get("dim"),
+                normalize=data.get("normalize"),
+                document_prompt=data.get("document_prompt"),
+                query_prompt=data.get("query_prompt"),
+                pooling=data.get("pooling"),
+                params=dict(data.get("params") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed model fingerprint: {exc}") from exc
+
+
+def slug(name: str) -> str:
+    """A readable, key-safe form of a model name (last path part, lower case)."""
+    base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    return _SLUG_STRIP.sub("-", base).strip("-")[:48] or "model"
+
+
+def check_namespace(namespace: str) -> str:
+    """Validate a user-given namespace so keys stay safe for every store."""
+    if not _NAMESPACE_OK.match(namespace):
+        raise ConfigError(
+            f"namespace {namespace!r} must be 1-200 characters of letters, digits and ._:@+=-"
+        )
+    return namespace
+
+
+Digest = Callable[[bytes], str]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _blake2b(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+DIGESTS: dict[str, Digest] = {"sha256": _sha256, "blake2b": _blake2b}
+
+
+class KeyEncoder:
+    """Turns texts into store keys under one namespace and kind."""
+
+    __slots__ = ("prefix", "_digest")
+
+    def __init__(self, namespace: str, kind: Kind, algorithm: str = "sha256") -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+        if algorithm not in DIGESTS:
+            raise ConfigError(
+                f"unknown key digest {algorithm!r}: use one of {sorted(DIGESTS)}"
+                + (" (SHA-1 is not collision-resistant)" if algorithm == "sha1" else "")
+            )
+        self.prefix = f"{KEY_VERSION}:{namespace}:{kind}:"
+        self._digest = DIGESTS[algorithm]
+
+    def keys(self, texts: Iterable[str]) -> list[str]:
+        """One key per text; non-strings raise ``TypeError`` naming the position."""
+        prefix, digest = self.prefix, self._digest
+        try:
+            return [prefix + digest(t.encode("utf-8")) for t in texts]
+        except (AttributeError, UnicodeEncodeError):
+            pass
+        # Slow path only to build a precise error message.
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidTextError(
+                    f"texts[{i}] is not valid Unicode (lone surrogate at {exc.start})"
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def key(self, text: str) -> str:
+        return self.keys([text])[0]

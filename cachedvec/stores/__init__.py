@@ -1,0 +1,83 @@
+"""Byte stores and the factory that opens one from a URL.
+
+=====================================  ======================================
+URL                                    store
+=====================================  ======================================
+``memory://``                          :class:`~cachedvec.stores.memory.MemoryStore`
+``file:///abs/dir``, ``file://rel``    :class:`~cachedvec.stores.file.FileStore`
+``sqlite:///rel.db``, ``sqlite:////abs.db``  :class:`~cachedvec.stores.sql.SQLStore`
+``postgresql+psycopg://user@host/db``  :class:`~cachedvec.stores.sql.SQLStore`
+``diskcache:///abs/dir?size_limit=1e9``  :class:`~cachedvec.stores.diskcache.DiskCacheStore`
+=====================================  ======================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from cachedvec.errors import InvalidURLError
+from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.memory import MemoryStore
+
+__all__ = ["CachedVecStore", "MemoryStore", "open_store", "redact_url"]
+
+SCHEMES = ("memory", "file", "sqlite", "postgresql", "diskcache")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _local_path(url: str, scheme: str) -> str:
+    """The path after ``scheme://``: ``file:///abs`` -> ``/abs``, ``file://rel`` -> ``rel``."""
+    path = url[len(scheme) + 3 :].split("?", 1)[0]
+    if not path:
+        raise InvalidURLError(f"{url!r} names no folder: use {scheme}:///absolute/path")
+    return path
+
+
+def open_store(url: str, **options: Any) -> CachedVecStore:
+    """Open the byte store a URL names; see the module docs for the schemes.
+
+    Keyword options go to the store's constructor (for example
+    ``create=False`` for SQL stores). Raises :class:`InvalidURLError` for an
+    unknown scheme or malformed URL and :class:`StoreError` when the store
+    cannot be opened; both name the URL with any password hidden.
+    """
+    if not isinstance(url, str):
+        raise InvalidURLError(f"a store URL must be a string, got {type(url).__name__}")
+    if "://" not in url:
+        raise InvalidURLError(
+            f"{redact_url(url)!r} is not a store URL: expected one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    scheme = url.split("://", 1)[0].lower()
+    family = scheme.split("+", 1)[0]
+    if family == "memory":
+        return MemoryStore()
+    if family == "file":
+        from cachedvec.stores.file import FileStore
+
+        return FileStore(_local_path(url, scheme), **options)
+    if family == "diskcache":
+        from cachedvec.stores.diskcache import DiskCacheStore
+
+        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        return DiskCacheStore(_local_path(url, scheme), **query, **options)
+    if family in ("sqlite", "postgresql", "postgres"):
+        from cachedvec.stores.sql import SQLStore
+
+        return SQLStore(url, **options)
+    raise InvalidURLError(
+        f"unknown store scheme {scheme!r} in {redact_url(url)!r}: expected one of "
+        + ", ".join(f"{s}://" for s in SCHEMES)
+    )

@@ -1,0 +1,134 @@
+"""``diskcache:///dir``: a size-limited, evicting cache on top of diskcache.
+
+URL query options map to diskcache settings: ``size_limit`` (bytes; ``1e9``
+or ``500MB`` also work), ``eviction_policy`` (``least-recently-stored``,
+the default, ``least-recently-used``, ``least-frequently-used`` or ``none``)
+and ``cull_limit``.
+
+diskcache unpickles any value or key it did not store raw. A cache folder
+can come from anywhere, so :class:`_RawOnlyDisk` refuses every pickled or
+out-of-folder record: such entries read as missing and are recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import diskcache
+
+from cachedvec.errors import InvalidURLError, StoreError
+from cachedvec.stores.base import CachedVecStore
+
+EVICTION_POLICIES = (
+    "least-recently-stored", "least-recently-used", "least-frequently-used", "none",
+)
+_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class _Refused(Exception):
+    """A record this store will not decode (pickled, or outside the folder)."""
+
+
+class _RawOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    """A diskcache ``Disk`` that never unpickles and never leaves its folder."""
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise _Refused("pickled key")
+        return super().get(key, raw)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise _Refused("pickled value")
+        if filename is not None:
+            root = os.path.realpath(self._directory)
+            path = os.path.realpath(os.path.join(root, filename))
+            if os.path.commonpath([root, path]) != root:
+                raise _Refused("value file outside the cache folder")
+        return super().fetch(mode, filename, value, read)
+
+
+def parse_size(text: str | int | float) -> int:
+    """``"1e9"``, ``"500MB"``, ``"2GiB"`` or a number -> bytes."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    s = text.strip().lower()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * _UNITS[unit])
+    return int(float(s.rstrip("b") or "x"))
+
+
+class DiskCacheStore(CachedVecStore):
+    """A byte store backed by ``diskcache.Cache`` (SQLite index + files)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        size_limit: str | int | float | None = None,
+        eviction_policy: str = "least-recently-stored",
+        cull_limit: str | int | None = None,
+    ) -> None:
+        self.url = f"diskcache://{directory}"
+        settings: dict[str, Any] = {
+            # Keep every vector inside SQLite: no value files to manage.
+            "disk_min_file_size": 2**20,
+            "eviction_policy": eviction_policy,
+        }
+        try:
+            if size_limit is not None:
+                settings["size_limit"] = parse_size(size_limit)
+            if cull_limit is not None:
+                settings["cull_limit"] = int(cull_limit)
+        except ValueError as exc:
+            raise InvalidURLError(f"bad size option in {self.url}: {exc}") from exc
+        if eviction_policy not in EVICTION_POLICIES:
+            raise InvalidURLError(
+                f"unknown eviction_policy {eviction_policy!r} in {self.url}: "
+                f"use one of {', '.join(EVICTION_POLICIES)}"
+            )
+        try:
+            self.cache = diskcache.Cache(os.fspath(directory), disk=_RawOnlyDisk, **settings)
+        except Exception as exc:  # sqlite3/OS errors surface in many shapes here
+            raise StoreError(f"cannot open diskcache store {self.url}: {exc}") from exc
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        get = self.cache.get
+        for key in keys:
+            try:
+                value = get(key, default=None, retry=True)
+            except _Refused:
+                value = None
+            out.append(value if isinstance(value, bytes) else None)
+        return out
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        try:
+            # One transaction per batch: one commit instead of one per key.
+            with self.cache.transact(retry=True):
+                for key, value in key_value_pairs:
+                    if not isinstance(value, bytes):
+                        raise StoreError(f"values must be bytes, got {type(value).__name__}")
+                    self.cache.set(key, value, retry=True)
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot write to {self.url}: {exc}") from exc
+
+    def mdelete(self, keys: Sequence[str]) -> None:
+        with self.cache.transact(retry=True):
+            for key in keys:
+                self.cache.delete(key, retry=True)
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        for key in list(self.cache.iterkeys()):
+            if isinstance(key, str) and (prefix is None or key.startswith(prefix)):
+                yield key
+
+    def close(self) -> None:
+        self.cache.close()

@@ -1,0 +1,147 @@
+"""``file:///dir``: one file per key, in hashed sub-folders, written atomically.
+
+Layout: ``<root>/<aa>/<bb>/<escaped key>`` where ``aa``/``bb`` are the first
+two bytes of a blake2b digest of the key (65,536 folders: ten million keys
+leave ~150 files per folder) and the file name is the key percent-escaped
+down to ``[A-Za-z0-9_.~-]``. Escaping is reversible, so ``yield_keys`` reads
+keys back from names; a leading ``.`` is escaped too, so a key can never
+name ``.``, ``..`` or one of our hidden temporary files, and a name can never
+hold a path separator. Nothing a key says can leave the root.
+
+Writes go to a hidden temporary file in the target folder and are moved into
+place with ``os.replace``, which is atomic on POSIX: a reader or a crashed
+writer sees the old value or the new one, never half of one, and two writers
+of the same key simply race to an identical result. Files are not fsynced by
+default (a killed process loses nothing the kernel already has); pass
+``durable=True`` to survive power loss at the cost of a sync per batch file.
+Timestamps come free from the file system: mtime is when an entry was
+written, atime (under the usual ``relatime``) roughly when it was last read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from cachedvec.errors import InvalidKeyError, StoreError
+from cachedvec.stores.base import CachedVecStore
+
+_MAX_NAME = 240  # stay under the common 255-byte file name limit
+_TMP_PREFIX = ".tmp-"
+
+
+def _escape(key: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"store keys must be non-empty strings, got {key!r}")
+    try:
+        name = quote(key, safe="")
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"key {key!r} is not valid Unicode") from exc
+    if name.startswith("."):
+        name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:
+        raise InvalidKeyError(f"key is too long for a file store ({len(name)} bytes escaped)")
+    return name
+
+
+class FileStore(CachedVecStore):
+    """A byte store on a local folder (see the module docs for the layout)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = False) -> None:
+        self.root = Path(root).expanduser()
+        self.url = f"file://{self.root}"
+        self.durable = durable
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot open file store {self.url}: {exc.strerror or exc}") from exc
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreError(f"cannot open file store {self.url}: folder is not readable")
+
+    def _path(self, key: str) -> Path:
+        name = _escape(key)
+        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=2).hexdigest()
+        return self.root / digest[:2] / digest[2:] / name
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for key in keys:
+            try:
+                with open(self._path(key), "rb") as f:
+                    out.append(f.read())
+            except FileNotFoundError:
+                out.append(None)
+            except IsADirectoryError:
+                out.append(None)
+            except OSError as exc:
+                raise StoreError(f"cannot read {self.url}: {exc.strerror or exc}") from exc
+        return out
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        for key, value in key_value_pairs:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise StoreError(f"file store values must be bytes, got {type(value).__name__}")
+            self._write(self._path(key), bytes(value))
+
+    def _write(self, path: Path, value: bytes) -> None:
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(value)
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            raise StoreError(f"cannot write to {self.url}: {exc.strerror or exc}") from exc
+        finally:
+            if tmp is not None:
+                # Never leave a half-written temp file behind (full disk...).
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def mdelete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            try:
+                os.unlink(self._path(key))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StoreError(f"cannot delete from {self.url}: {exc.strerror or exc}") from exc
+
+    def _files(self) -> Iterator[os.DirEntry[str]]:
+        """Every entry file under the two shard levels, skipping anything foreign."""
+        for top in _subdirs(self.root):
+            for leaf in _subdirs(Path(top.path)):
+                with os.scandir(leaf.path) as it:
+                    for entry in it:
+                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                            yield entry
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        for entry in self._files():
+            key = unquote(entry.name)
+            if prefix is None or key.startswith(prefix):
+                yield key
+
+
+def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
+    """Shard folders: exactly two lower-case hex digits, real directories."""
+    try:
+        with os.scandir(folder) as it:
+            return [
+                e for e in it
+                if len(e.name) == 2 and all(c in "0123456789abcdef" for c in e.name)
+                and e.is_dir(follow_symlinks=False)
+            ]
+    except FileNotFoundError:
+        return []
