@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
-from langchain_core.stores import ByteStore
+from langchain_core.stores import BaseStore, ByteStore
 
 from cachedvec.codec import Dtype, Matrix, VectorCodec
 from cachedvec.errors import ConfigError, ModelOutputError
@@ -127,7 +127,7 @@ class CachedEmbeddings(Embeddings):
             opened = open_store(store)
             self._owned.append(opened)
             return opened
-        if not isinstance(store, ByteStore):
+        if not isinstance(store, BaseStore):
             raise ConfigError(f"store must be a ByteStore or a URL, got {type(store).__name__}")
         return store
 
@@ -202,7 +202,7 @@ class CachedEmbeddings(Embeddings):
 
     def _accept(self, call: _Lookup, batch: list[int], vectors: Any) -> list[tuple[str, bytes]]:
         """Validate one batch of model output, place it, and encode it for the store."""
-        vectors = _validated(vectors, len(batch), self.codec.dim)
+        vectors = self.codec.round_trip(_validated(vectors, len(batch), self.codec.dim))
         if call.matrix.shape[1] != vectors.shape[1]:
             # First vectors ever seen: the matrix is only now sized.
             call.matrix = np.zeros((len(call.unique), vectors.shape[1]), np.float32)

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from cachedvec.errors import ConfigError, ModelError
+from cachedvec.errors import ConfigError, ModelError, ModelOutputError
 from cachedvec.keys import ModelFingerprint
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -230,7 +230,7 @@ class LangChainModel:
         self.embeddings = embeddings
         cls = type(embeddings)
         self.fingerprint = fingerprint or getattr(embeddings, "fingerprint", None) or \
-            ModelFingerprint(model=f"{cls.__module__}.{cls.__qualname__}",
+            ModelFingerprint(model=f"{cls.__module__}/{cls.__qualname__}",
                              params=_public_params(embeddings))
 
     def embed_documents_array(self, texts: Sequence[str]) -> np.ndarray:
@@ -253,7 +253,7 @@ def _as_matrix(vectors: Any) -> np.ndarray:
     try:
         return np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"model returned something that is not a list of vectors: {exc}") \
+        raise ModelOutputError(f"model returned something that is not a list of vectors: {exc}") \
             from exc
 
 

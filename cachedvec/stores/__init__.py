@@ -72,6 +72,12 @@ def open_store(url: str, **options: Any) -> CachedVecStore:
         from cachedvec.stores.diskcache import DiskCacheStore
 
         query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        unknown = sorted(set(query) - set(DiskCacheStore.URL_OPTIONS))
+        if unknown:
+            raise InvalidURLError(
+                f"unknown option {unknown[0]!r} in {redact_url(url)!r}: "
+                f"diskcache URLs take {', '.join(DiskCacheStore.URL_OPTIONS)}"
+            )
         return DiskCacheStore(_local_path(url, scheme), **query, **options)
     if family in ("sqlite", "postgresql", "postgres"):
         from cachedvec.stores.sql import SQLStore

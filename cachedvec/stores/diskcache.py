@@ -65,6 +65,8 @@ def parse_size(text: str | int | float) -> int:
 class DiskCacheStore(CachedVecStore):
     """A byte store backed by ``diskcache.Cache`` (SQLite index + files)."""
 
+    URL_OPTIONS = ("size_limit", "eviction_policy", "cull_limit")
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

@@ -1,0 +1,55 @@
+"""Shared fixtures: one URL per store backend, temp folders, the slow switch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cachedvec import open_store
+from cachedvec.stores.base import CachedVecStore
+
+# Never reach a model hub from a test, whatever the machine has cached.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
+
+PERSISTENT_KINDS = ["file", "sqlite", "diskcache"]
+STORE_KINDS = ["memory", *PERSISTENT_KINDS]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run long soak tests too")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow soak test: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def store_url(kind: str, folder: Path) -> str:
+    """A fresh store URL of the given kind under ``folder``."""
+    return {
+        "memory": "memory://",
+        "file": f"file://{folder}/files",
+        "sqlite": f"sqlite:///{folder}/cache.db",
+        "diskcache": f"diskcache://{folder}/dc",
+    }[kind]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CachedVecStore]:
+    """Every backend in turn, each fresh and closed afterwards."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = store_url(request.param, tmp_path)
+    with open_store(url) as store:
+        yield store

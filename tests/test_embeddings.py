@@ -1,0 +1,268 @@
+"""CachedEmbeddings: only missing texts reach the model, nothing wrong comes back."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from langchain_core.embeddings import Embeddings
+
+from cachedvec import CachedEmbeddings, open_store
+from cachedvec.errors import ConfigError, InvalidTextError, ModelOutputError
+from cachedvec.stores.base import CachedVecStore
+from cachedvec.testing import FakeEmbeddings
+from tests.conftest import PERSISTENT_KINDS, store_url
+
+TEXTS = [f"document number {i} about topic {i % 7}" for i in range(100)]
+
+
+def test_each_unique_missing_text_is_computed_exactly_once(any_store: CachedVecStore) -> None:
+    model = FakeEmbeddings(16)
+    emb = CachedEmbeddings(model, any_store, batch_size=7)
+    texts = TEXTS + TEXTS[:10]  # 10% duplicates
+    out = emb.embed_documents_array(texts)
+    assert model.texts_embedded == 100
+    assert emb.stats.computed == 100 and emb.stats.duplicates == 10
+    np.testing.assert_array_equal(out, model.embed_array(texts))
+    np.testing.assert_array_equal(out[100:], out[:10])
+
+    model.texts_embedded = 0
+    again = emb.embed_documents_array(texts)
+    assert model.texts_embedded == 0
+    np.testing.assert_array_equal(again, out)
+    assert emb.stats.hits == 100
+
+
+def test_partial_hits_compute_only_the_missing(any_store: CachedVecStore) -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model, any_store)
+    emb.embed_documents(TEXTS[:50])
+    model.texts_embedded = 0
+    out = emb.embed_documents_array(TEXTS)
+    assert model.texts_embedded == 50
+    np.testing.assert_array_equal(out, model.embed_array(TEXTS))
+
+
+def test_list_api_matches_array_api() -> None:
+    emb = CachedEmbeddings(FakeEmbeddings(8))
+    assert emb.embed_documents(TEXTS[:5]) == emb.embed_documents_array(TEXTS[:5]).tolist()
+    assert emb.embed_query("q") == emb.embed_query_array("q").tolist()
+
+
+def test_documents_and_queries_use_separate_namespaces() -> None:
+    store = open_store("memory://")
+    emb = CachedEmbeddings(FakeEmbeddings(8), store)
+    emb.embed_documents(["same text"])
+    emb.embed_query("same text")
+    keys = sorted(store.yield_keys())
+    assert len(keys) == 2
+    assert [k.split(":")[3] for k in keys] == ["doc", "query"]
+
+
+def test_query_cache_can_be_turned_off_or_moved() -> None:
+    store, qstore = open_store("memory://"), open_store("memory://")
+    model = FakeEmbeddings(8)
+    CachedEmbeddings(model, store, cache_queries=False).embed_query("q")
+    assert list(store.yield_keys()) == []
+    emb = CachedEmbeddings(model, store, query_store=qstore)
+    emb.embed_query("q")
+    before = model.texts_embedded
+    emb.embed_query("q")
+    assert model.texts_embedded == before
+    assert len(list(qstore.yield_keys())) == 1 and list(store.yield_keys()) == []
+
+
+def test_two_models_never_mix_in_one_store() -> None:
+    store = open_store("memory://")
+    a, b = FakeEmbeddings(8, seed=1, name="a"), FakeEmbeddings(8, seed=2, name="b")
+    va = CachedEmbeddings(a, store).embed_documents_array(TEXTS[:3])
+    vb = CachedEmbeddings(b, store).embed_documents_array(TEXTS[:3])
+    assert b.texts_embedded == 3
+    assert not np.allclose(va, vb)
+    bigger = FakeEmbeddings(16, seed=1, name="a")
+    CachedEmbeddings(bigger, store).embed_documents_array(TEXTS[:3])
+    assert bigger.texts_embedded == 3
+
+
+@pytest.mark.parametrize("kind", PERSISTENT_KINDS)
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "garbage", "wrong_dim", "empty"])
+def test_corrupt_values_are_recomputed_and_counted(kind: str, damage: str, tmp_path: Path) -> None:
+    model = FakeEmbeddings(8)
+    with CachedEmbeddings(model, store_url(kind, tmp_path)) as emb:
+        truth = emb.embed_documents_array(TEXTS[:4])
+        key = emb.document_keys([TEXTS[1]])[0]
+        value = emb.store.mget([key])[0]
+        assert value is not None
+        bad = {
+            "truncate": value[:-3],
+            "bitflip": value[:20] + bytes([value[20] ^ 0x10]) + value[21:],
+            "garbage": b"\x80\x04pickle?",
+            "wrong_dim": CachedEmbeddings(FakeEmbeddings(4)).codec.encode(np.ones(4)),
+            "empty": b"",
+        }[damage]
+        emb.store.mset([(key, bad)])
+    model.texts_embedded = 0
+    with CachedEmbeddings(model, store_url(kind, tmp_path)) as emb:
+        out = emb.embed_documents_array(TEXTS[:4])
+        np.testing.assert_array_equal(out, truth)
+        assert model.texts_embedded == 1
+        assert emb.stats.corrupt == 1 and emb.stats.hits == 3
+        # The damaged value was replaced by a good one.
+        assert emb.store.mget([key])[0] == value
+
+
+def test_corrupted_file_on_disk_is_recomputed(tmp_path: Path) -> None:
+    model = FakeEmbeddings(8)
+    url = f"file://{tmp_path}/store"
+    with CachedEmbeddings(model, url) as emb:
+        truth = emb.embed_documents_array(["alpha", "beta"])
+    files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert len(files) == 2
+    raw = bytearray(files[0].read_bytes())
+    raw[15] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    with CachedEmbeddings(model, url) as emb:
+        np.testing.assert_array_equal(emb.embed_documents_array(["alpha", "beta"]), truth)
+        assert emb.stats.corrupt == 1
+
+
+class _BadModel(Embeddings):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if self.mode == "nan":
+            return [[float("nan"), 1.0] for _ in texts]
+        if self.mode == "inf":
+            return [[float("inf"), 1.0] for _ in texts]
+        if self.mode == "count":
+            return [[1.0, 2.0] for _ in texts[1:]]
+        if self.mode == "ragged":
+            return [[1.0, 2.0][: 1 + i % 2] for i, _ in enumerate(texts)]
+        return [["x", "y"] for _ in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+@pytest.mark.parametrize("mode", ["nan", "inf", "count", "ragged", "strings"])
+def test_bad_model_output_is_rejected_and_nothing_is_written(mode: str) -> None:
+    store = open_store("memory://")
+    emb = CachedEmbeddings(_BadModel(mode), store)
+    with pytest.raises(ModelOutputError):
+        emb.embed_documents(["a", "b"])
+    assert list(store.yield_keys()) == []
+
+
+def test_wrong_dimension_from_model_is_rejected() -> None:
+    class Shrinking(FakeEmbeddings):
+        def embed_array(self, texts):  # type: ignore[no-untyped-def]
+            return super().embed_array(texts)[:, :4]
+
+    with pytest.raises(ModelOutputError, match="dim 4"):
+        CachedEmbeddings(Shrinking(8)).embed_documents(["a"])
+
+
+def test_work_is_written_batch_by_batch(tmp_path: Path) -> None:
+    class FailsLate(FakeEmbeddings):
+        def embed_array(self, texts):  # type: ignore[no-untyped-def]
+            if self.calls == 2:
+                raise RuntimeError("model crashed")
+            return super().embed_array(texts)
+
+    url = store_url("sqlite", tmp_path)
+    with CachedEmbeddings(FailsLate(8), url, batch_size=10) as emb, \
+            pytest.raises(RuntimeError):
+        emb.embed_documents(TEXTS[:50])
+    model = FakeEmbeddings(8)
+    with CachedEmbeddings(model, url, batch_size=10) as emb:
+        emb.embed_documents(TEXTS[:50])
+    assert model.texts_embedded == 30  # the two finished batches were kept
+
+
+def test_bad_input() -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model)
+    assert emb.embed_documents([]) == []
+    assert emb.embed_documents_array([]).shape == (0, 8)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        emb.embed_documents(["a", None])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        emb.embed_documents("not a list")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        emb.embed_query(3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTextError):
+        emb.embed_documents(["\udcff"])
+    with pytest.raises(ConfigError):
+        CachedEmbeddings(model, batch_size=0)
+    with pytest.raises(ConfigError):
+        CachedEmbeddings(model, store=42)  # type: ignore[arg-type]
+
+
+def test_empty_long_and_odd_texts_are_embedded_and_cached() -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model)
+    texts = ["", "x" * 1_000_000, "nul\x00byte", "emoji 🙂"]
+    first = emb.embed_documents_array(texts)
+    second = emb.embed_documents_array(texts)
+    assert model.texts_embedded == 4
+    np.testing.assert_array_equal(first, second)
+
+
+def test_float16_storage_halves_the_bytes() -> None:
+    model = FakeEmbeddings(64)
+    e32, e16 = CachedEmbeddings(model), CachedEmbeddings(model, dtype="float16")
+    v32, v16 = e32.embed_documents_array(TEXTS[:5]), e16.embed_documents_array(TEXTS[:5])
+    np.testing.assert_allclose(v16, v32, atol=1e-3)
+    assert e16.stats.bytes_written < 0.55 * e32.stats.bytes_written
+    np.testing.assert_array_equal(e16.embed_documents_array(TEXTS[:5]), v16)
+
+
+def test_from_bytes_store_takes_langchain_arguments() -> None:
+    store = open_store("memory://")
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings.from_bytes_store(
+        model, store, namespace="my-model-v1", batch_size=16,
+        query_embedding_cache=True, key_encoder="sha256",
+    )
+    emb.embed_documents(["a"])
+    emb.embed_query("a")
+    assert sorted(store.yield_keys())[0].startswith("cv1:my-model-v1:doc:")
+    with pytest.raises(ConfigError):
+        CachedEmbeddings.from_bytes_store(model, store, key_encoder="sha1")
+
+
+def test_get_vectors_reads_without_the_model() -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model)
+    truth = emb.embed_documents_array(TEXTS[:3])
+    keys = emb.document_keys(TEXTS[:3]) + emb.document_keys(["never embedded"])
+    calls = model.calls
+    matrix, missing = emb.get_vectors(keys)
+    assert model.calls == calls and missing == [3]
+    np.testing.assert_array_equal(matrix[:3], truth)
+
+
+def test_async_twins_share_the_cache() -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model)
+
+    async def run() -> tuple[list[list[float]], list[float]]:
+        return await emb.aembed_documents(TEXTS[:4]), await emb.aembed_query("q")
+
+    docs, query = asyncio.run(run())
+    assert docs == emb.embed_documents(TEXTS[:4])
+    assert query == emb.embed_query("q")
+    assert model.texts_embedded == 5
+
+
+def test_any_langchain_embeddings_works_as_model() -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    emb = CachedEmbeddings(DeterministicFakeEmbedding(size=12))
+    assert emb.embed_documents_array(["a", "b"]).shape == (2, 12)
+    assert "deterministicfakeembedding" in emb.namespace
+    other = CachedEmbeddings(DeterministicFakeEmbedding(size=24))
+    assert other.namespace != emb.namespace  # `size` is part of the fingerprint

@@ -1,0 +1,102 @@
+"""Keys: stable, namespaced by everything that changes a vector, safe for stores."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cachedvec.errors import ConfigError, InvalidTextError
+from cachedvec.keys import KeyEncoder, ModelFingerprint, check_namespace, slug
+
+KEY_RE = re.compile(r"^cv1:[a-z0-9._-]+:[0-9a-f]{16}:(doc|query):[0-9a-f]{64}$")
+BASE = ModelFingerprint(model="org/My-Model", revision="abc", dim=384, normalize=True)
+
+
+def test_key_format_is_documented_shape() -> None:
+    key = KeyEncoder(BASE.namespace(), "doc").key("hello")
+    assert KEY_RE.match(key)
+    assert key.endswith(hashlib.sha256(b"hello").hexdigest())
+    assert key.startswith("cv1:my-model:")
+
+
+@given(st.text())
+def test_keys_are_deterministic_and_store_safe(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    enc = KeyEncoder(BASE.namespace(), "query", "blake2b")
+    assert enc.key(text) == KeyEncoder(BASE.namespace(), "query", "blake2b").key(text)
+    assert KEY_RE.match(enc.key(text))
+
+
+@given(st.text(), st.text())
+def test_distinct_texts_get_distinct_keys(a: str, b: str) -> None:
+    enc = KeyEncoder("ns", "doc")
+    try:
+        ka, kb = enc.key(a), enc.key(b)
+    except InvalidTextError:
+        return
+    assert (ka == kb) == (a == b)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "org/other"},
+        {"revision": "def"},
+        {"dim": 512},
+        {"normalize": False},
+        {"document_prompt": "passage: "},
+        {"query_prompt": "query: "},
+        {"pooling": "cls"},
+        {"params": {"dimensions": 512}},
+    ],
+)
+def test_every_fingerprint_field_changes_the_namespace(change: dict) -> None:
+    changed = ModelFingerprint(**{**BASE.__dict__, **change})
+    assert changed.namespace() != BASE.namespace()
+
+
+def test_documents_and_queries_never_share_keys() -> None:
+    ns = BASE.namespace()
+    assert KeyEncoder(ns, "doc").key("q") != KeyEncoder(ns, "query").key("q")
+
+
+def test_fingerprint_round_trips_through_dict() -> None:
+    fp = ModelFingerprint(model="m", dim=3, params={"dimensions": 3})
+    assert ModelFingerprint.from_dict(fp.to_dict()) == fp
+    with pytest.raises(ConfigError):
+        ModelFingerprint.from_dict({"dim": 3})
+
+
+def test_bad_inputs_name_the_position() -> None:
+    enc = KeyEncoder("ns", "doc")
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        enc.keys(["a", "b", 3])
+    with pytest.raises(InvalidTextError, match=r"texts\[1\]"):
+        enc.keys(["a", "\ud800"])
+    with pytest.raises(ConfigError, match="SHA-1"):
+        KeyEncoder("ns", "doc", "sha1")
+    with pytest.raises(ConfigError):
+        KeyEncoder("ns", "passage")  # type: ignore[arg-type]
+
+
+def test_texts_are_hashed_exactly() -> None:
+    enc = KeyEncoder("ns", "doc")
+    assert len(set(enc.keys(["a", "a ", "A", "a\x00", ""]))) == 5
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "../x", "a b", "x" * 201])
+def test_user_namespaces_are_validated(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        check_namespace(bad)
+
+
+def test_slug_is_readable() -> None:
+    assert slug("sentence-transformers/all-MiniLM-L6-v2") == "all-minilm-l6-v2"
+    assert slug("/") == "model"

@@ -1,0 +1,147 @@
+"""One conformance suite for every byte store, plus LangChain's own suites."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests
+
+from cachedvec import open_store
+from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
+from cachedvec.stores import redact_url
+from cachedvec.stores.base import CachedVecStore
+from tests.conftest import store_url
+
+
+def test_missing_is_none_and_order_is_kept(any_store: CachedVecStore) -> None:
+    any_store.mset([("b", b"2"), ("a", b"1")])
+    assert any_store.mget(["a", "zz", "b", "a"]) == [b"1", None, b"2", b"1"]
+    assert any_store.mget([]) == []
+
+
+def test_overwrite_and_delete(any_store: CachedVecStore) -> None:
+    any_store.mset([("k", b"old")])
+    any_store.mset([("k", b"new")])
+    assert any_store.mget(["k"]) == [b"new"]
+    any_store.mdelete(["k", "never-there"])
+    assert any_store.mget(["k"]) == [None]
+    any_store.mdelete([])
+
+
+def test_binary_values_survive_exactly(any_store: CachedVecStore) -> None:
+    blobs = [bytes(range(256)), b"", b"\x00" * 5000, os.urandom(70_000)]
+    pairs = [(f"k{i}", b) for i, b in enumerate(blobs)]
+    any_store.mset(pairs)
+    assert any_store.mget([k for k, _ in pairs]) == blobs
+
+
+def test_yield_keys_with_prefix(any_store: CachedVecStore) -> None:
+    keys = ["cv1:m:ab:doc:1", "cv1:m:ab:doc:2", "cv1:m:ab:query:1", "other"]
+    any_store.mset([(k, b"x") for k in keys])
+    assert sorted(any_store.yield_keys()) == sorted(keys)
+    assert sorted(any_store.yield_keys(prefix="cv1:m:ab:doc:")) == keys[:2]
+    assert list(any_store.yield_keys(prefix="nothing")) == []
+
+
+def test_odd_keys_round_trip(any_store: CachedVecStore) -> None:
+    keys = ["../../etc/passwd", "/abs", ".", "..", "a/b\\c", "%2E", "ключ", "a" * 60, ".tmp-x"]
+    any_store.mset([(k, k.encode()) for k in keys])
+    assert any_store.mget(keys) == [k.encode() for k in keys]
+    assert sorted(any_store.yield_keys()) == sorted(keys)
+
+
+def test_large_batches(any_store: CachedVecStore) -> None:
+    pairs = [(f"key-{i}", i.to_bytes(4, "little")) for i in range(3000)]
+    any_store.mset(pairs)
+    got = any_store.mget([k for k, _ in pairs])
+    assert got == [v for _, v in pairs]
+
+
+async def test_async_twins(any_store: CachedVecStore) -> None:
+    await any_store.amset([("a", b"1"), ("b", b"2")])
+    assert await any_store.amget(["b", "a", "c"]) == [b"2", b"1", None]
+    await any_store.amdelete(["a"])
+    assert sorted([k async for k in any_store.ayield_keys()]) == ["b"]
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite", "diskcache"])
+def test_persistent_stores_survive_reopening(kind: str, tmp_path: Path) -> None:
+    url = store_url(kind, tmp_path)
+    with open_store(url) as store:
+        store.mset([("a", b"1")])
+    with open_store(url) as store:
+        assert store.mget(["a"]) == [b"1"]
+
+
+def test_file_store_keys_cannot_escape_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with open_store(f"file://{root}") as store:
+        store.mset([("../../escape", b"x"), ("/etc/x", b"y"), ("..", b"z")])
+        store.mdelete(["../../root"])
+    inside = {p.resolve() for p in root.rglob("*")}
+    outside = {p.resolve() for p in tmp_path.rglob("*")} - inside - {root.resolve()}
+    assert outside == set()
+    with open_store(f"file://{root}") as store, pytest.raises(InvalidKeyError):
+        store.mset([("x" * 300, b"too long")])
+
+
+def test_file_store_ignores_foreign_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with open_store(f"file://{root}") as store:
+        store.mset([("a", b"1")])
+        (root / "index.pkl").write_bytes(b"not ours")
+        (root / "zz").mkdir()
+        (root / "ab").mkdir(exist_ok=True)
+        (root / "ab" / ".tmp-leftover").mkdir()
+        assert list(store.yield_keys()) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["nope", "ftp://x/y", "redis://localhost", "file://", "diskcache://",
+     "diskcache:///tmp/x?eviction_policy=random", "diskcache:///tmp/x?size_limit=lots",
+     "diskcache:///tmp/x?colour=blue"],
+)
+def test_bad_urls_raise_clear_errors(url: str) -> None:
+    with pytest.raises((InvalidURLError, StoreError)) as info:
+        open_store(url)
+    assert str(info.value)
+
+
+def test_unreachable_paths_raise_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for url in (f"file://{blocker}/sub", f"diskcache://{blocker}/sub",
+                f"sqlite:///{blocker}/sub/cache.db"):
+        with pytest.raises(StoreError, match="a-file"):
+            open_store(url)
+
+
+def test_passwords_are_hidden_in_messages() -> None:
+    url = "postgresql+psycopg://bob:hunter2@localhost:1/db"
+    assert "hunter2" not in redact_url(url)
+    assert "bob:***@localhost" in redact_url(url)
+
+
+# --- LangChain's standard store suites, run against every backend ----------
+
+
+class _Backends:
+    @pytest.fixture(params=["memory", "file", "sqlite", "diskcache"])
+    def kv_store(self, request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[override]
+        with open_store(store_url(request.param, tmp_path)) as store:
+            yield store
+
+    @pytest.fixture
+    def three_values(self) -> tuple[bytes, bytes, bytes]:  # type: ignore[override]
+        return b"foo", b"bar", b"buzz"
+
+
+class TestLangChainSync(_Backends, BaseStoreSyncTests[bytes]):
+    pass
+
+
+class TestLangChainAsync(_Backends, BaseStoreAsyncTests[bytes]):
+    pass
