@@ -1,0 +1,142 @@
+"""Reading ingestion sources and splitting them into chunks.
+
+A *source* is one file: Markdown (``.md``, ``.markdown``), plain text
+(``.txt``, ``.text``, ``.rst``) or JSON Lines (``.jsonl``: one object a line,
+its ``text`` field embedded and its other scalar fields kept as metadata).
+A source's identity is its resolved absolute path and its version is the
+sha256 of its bytes: an unchanged file is recognised without splitting it.
+
+Splitting uses langchain-text-splitters (Markdown-aware for Markdown files),
+so chunk boundaries follow headings, paragraphs and sentences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cachedvec.errors import ConfigError, SourceError
+
+TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text",
+                 ".text": "text", ".rst": "text", ".jsonl": "jsonl"}
+_SNIFF = 8192
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One piece of a source, ready to embed."""
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Source:
+    """One file to ingest: where it is, what version it is, how to read it."""
+
+    path: Path
+    kind: str
+    content_hash: str
+    data: bytes
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+
+def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every supported file under ``paths`` (files named directly are always kept)."""
+    found: dict[Path, None] = {}
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise SourceError(f"no such file or folder: {given}")
+        if path.is_file():
+            found[path.resolve()] = None
+            continue
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES:
+                    found[(Path(dirpath) / name).resolve()] = None
+    return list(found)
+
+
+def read_source(path: Path) -> Source:
+    """Read a file and hash it; binary or non-UTF-8 files raise :class:`SourceError`."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if b"\x00" in data[:_SNIFF]:
+        raise SourceError(f"{path} looks binary (it contains NUL bytes); only text is ingested")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from exc
+    kind = TEXT_SUFFIXES.get(path.suffix.lower(), "text")
+    return Source(path, kind, hashlib.sha256(data).hexdigest(), data)
+
+
+class Chunker:
+    """Splits sources into :class:`Chunk` objects of bounded size."""
+
+    def __init__(self, chunk_size: int = 1000, chunk_overlap: int = 150,
+                 text_field: str = "text") -> None:
+        if chunk_size < 1:
+            raise ConfigError(f"chunk size must be positive, got {chunk_size}")
+        if not 0 <= chunk_overlap < chunk_size:
+            raise ConfigError(
+                f"chunk overlap must be between 0 and the chunk size, got {chunk_overlap}"
+            )
+        from langchain_text_splitters import (
+            MarkdownTextSplitter,
+            RecursiveCharacterTextSplitter,
+        )
+
+        self.chunk_size, self.chunk_overlap, self.text_field = chunk_size, chunk_overlap, text_field
+        self._splitters = {
+            "markdown": MarkdownTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap),
+            "text": RecursiveCharacterTextSplitter(
+                chunk_size=chunk_size, chunk_overlap=chunk_overlap),
+        }
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What changes the chunks: part of a source's recorded version."""
+        return {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
+                "text_field": self.text_field}
+
+    def chunks(self, source: Source) -> list[Chunk]:
+        base = {"source": source.name}
+        if source.kind == "jsonl":
+            return list(self._jsonl_chunks(source, base))
+        text = source.data.decode("utf-8")
+        pieces = self._splitters[source.kind].split_text(text)
+        return [Chunk(p, {**base, "chunk": i}) for i, p in enumerate(pieces) if p.strip()]
+
+    def _jsonl_chunks(self, source: Source, base: dict[str, Any]) -> Iterator[Chunk]:
+        n = 0
+        for lineno, line in enumerate(source.data.decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise SourceError(f"{source.name}:{lineno}: not valid JSON ({exc})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get(self.text_field), str):
+                raise SourceError(
+                    f"{source.name}:{lineno}: expected an object with a string "
+                    f"{self.text_field!r} field"
+                )
+            extra = {k: v for k, v in record.items() if k != self.text_field
+                     and isinstance(v, (str, int, float, bool)) and k not in base}
+            for piece in self._splitters["text"].split_text(record[self.text_field]):
+                if piece.strip():
+                    yield Chunk(piece, {**extra, **base, "line": lineno, "chunk": n})
+                    n += 1
