@@ -164,7 +164,10 @@ class SentenceTransformerModel:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as transformers_logging
 
+                # Our own progress reporting covers model work; no stray bars.
+                transformers_logging.disable_progress_bar()
                 self._model = SentenceTransformer(
                     str(self.path), device=self.device, local_files_only=True
                 )
