@@ -107,6 +107,13 @@ class VectorCodec:
         """Encode one vector."""
         return self.encode_many(np.asarray(vector, dtype=np.float32).reshape(1, -1))[0]
 
+    @staticmethod
+    def peek_dim(value: bytes | None) -> int | None:
+        """The dimension a value's header claims, or None if it has no valid header."""
+        if value is None or len(value) < HEADER.size or value[:2] != MAGIC:
+            return None
+        return int(HEADER.unpack_from(value)[3])
+
     def decode(self, value: bytes) -> Matrix:
         """Decode one value or raise :class:`CodecError` saying why."""
         if len(value) < HEADER.size + CRC.size:

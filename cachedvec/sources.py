@@ -29,7 +29,11 @@ _SNIFF = 8192
 
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of a source, ready to embed."""
+    """One piece of a source, ready to embed.
+
+    Metadata carries no position: a chunk whose text did not change keeps
+    its identity when text is inserted before it, so it is not rewritten.
+    """
 
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -118,10 +122,9 @@ class Chunker:
             return list(self._jsonl_chunks(source, base))
         text = source.data.decode("utf-8")
         pieces = self._splitters[source.kind].split_text(text)
-        return [Chunk(p, {**base, "chunk": i}) for i, p in enumerate(pieces) if p.strip()]
+        return [Chunk(p, dict(base)) for p in pieces if p.strip()]
 
     def _jsonl_chunks(self, source: Source, base: dict[str, Any]) -> Iterator[Chunk]:
-        n = 0
         for lineno, line in enumerate(source.data.decode("utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -138,5 +141,4 @@ class Chunker:
                      and isinstance(v, (str, int, float, bool)) and k not in base}
             for piece in self._splitters["text"].split_text(record[self.text_field]):
                 if piece.strip():
-                    yield Chunk(piece, {**extra, **base, "line": lineno, "chunk": n})
-                    n += 1
+                    yield Chunk(piece, {**extra, **base})

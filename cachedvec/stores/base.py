@@ -12,9 +12,32 @@ of that every cachedvec store
 
 from __future__ import annotations
 
+import time
+from collections.abc import Collection, Sequence
 from types import TracebackType
+from typing import NamedTuple
 
 from langchain_core.stores import ByteStore
+
+from cachedvec.errors import ConfigError
+
+_HEX = "0123456789abcdef"
+OTHER_KEYS = "(other keys)"
+
+
+class NamespaceStats(NamedTuple):
+    """What one key namespace (``cv1:<slug>:<fingerprint>:<kind>:``) holds."""
+
+    entries: int
+    bytes: int
+    #: Unix seconds of the newest write and the newest recorded read (0: unknown).
+    last_written: int
+    last_read: int
+
+
+def namespace_of(key: str) -> str:
+    """``cv1:<slug>:<fp>:<kind>:`` for a cachedvec key, :data:`OTHER_KEYS` otherwise."""
+    return key.rstrip(_HEX) if key.startswith("cv1:") else OTHER_KEYS
 
 
 class CachedVecStore(ByteStore):
@@ -24,6 +47,63 @@ class CachedVecStore(ByteStore):
 
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release files, connections or pools; safe to call twice."""
+
+    def entry_times(self, keys: Sequence[str]) -> list[tuple[float, float]]:
+        """``(written, last read)`` Unix times per key; ``(0, 0)`` where unknown.
+
+        Backends that record times override this; the default knows nothing,
+        so every entry counts as old.
+        """
+        return [(0.0, 0.0)] * len(keys)
+
+    def namespace_stats(self) -> dict[str, NamespaceStats]:
+        """Entries, bytes and newest write/read time per key namespace.
+
+        The default scans every key; SQL stores answer with one query.
+        """
+        totals: dict[str, list[float]] = {}
+        keys = list(self.yield_keys())
+        for start in range(0, len(keys), 1024):
+            part = keys[start : start + 1024]
+            for key, value, (written, read) in zip(
+                part, self.mget(part), self.entry_times(part), strict=True
+            ):
+                if value is None:
+                    continue  # deleted meanwhile
+                t = totals.setdefault(namespace_of(key), [0, 0, 0.0, 0.0])
+                t[0] += 1
+                t[1] += len(value)
+                t[2], t[3] = max(t[2], written), max(t[3], read)
+        return {ns: NamespaceStats(int(a), int(b), int(c), int(d))
+                for ns, (a, b, c, d) in sorted(totals.items())}
+
+    def prune(
+        self,
+        older_than: float,
+        *,
+        prefix: str | None = None,
+        keep: Collection[str] | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete entries neither written nor read in the last ``older_than`` seconds.
+
+        ``older_than=0`` selects every entry; ``keep`` lists keys never to
+        delete (those an index uses); ``prefix`` limits it to one namespace.
+        Returns how many entries were deleted (or would be, with ``dry_run``).
+        """
+        if older_than < 0:
+            raise ConfigError(f"older_than must be >= 0 seconds, got {older_than}")
+        cutoff = time.time() - older_than
+        candidates = [k for k in self.yield_keys(prefix=prefix) if not keep or k not in keep]
+        doomed = []
+        for start in range(0, len(candidates), 1024):
+            part = candidates[start : start + 1024]
+            times = self.entry_times(part)
+            doomed += [k for k, (w, r) in zip(part, times, strict=True) if max(w, r) < cutoff]
+        if not dry_run:
+            for start in range(0, len(doomed), 1024):
+                self.mdelete(doomed[start : start + 1024])
+        return len(doomed)
 
     def __enter__(self) -> CachedVecStore:
         return self

@@ -132,5 +132,18 @@ class DiskCacheStore(CachedVecStore):
             if isinstance(key, str) and (prefix is None or key.startswith(prefix)):
                 yield key
 
+    def entry_times(self, keys: Sequence[str]) -> list[tuple[float, float]]:
+        # diskcache records both times in its own table; read them directly.
+        times = {}
+        for start in range(0, len(keys), 500):
+            part = list(keys[start : start + 500])
+            marks = ",".join("?" * len(part))
+            rows = self.cache._sql(
+                f"SELECT key, store_time, access_time FROM Cache WHERE raw = 1 AND key IN ({marks})",
+                part,
+            ).fetchall()
+            times.update({k: (s or 0.0, a or 0.0) for k, s, a in rows})
+        return [times.get(k, (0.0, 0.0)) for k in keys]
+
     def close(self) -> None:
         self.cache.close()

@@ -118,6 +118,16 @@ class FileStore(CachedVecStore):
             except OSError as exc:
                 raise StoreError(f"cannot delete from {self.url}: {exc.strerror or exc}") from exc
 
+    def entry_times(self, keys: Sequence[str]) -> list[tuple[float, float]]:
+        out = []
+        for key in keys:
+            try:
+                st = os.stat(self._path(key))
+                out.append((st.st_mtime, st.st_atime))
+            except OSError:
+                out.append((0.0, 0.0))
+        return out
+
     def _files(self) -> Iterator[os.DirEntry[str]]:
         """Every entry file under the two shard levels, skipping anything foreign."""
         for top in _subdirs(self.root):

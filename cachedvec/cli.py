@@ -1,0 +1,320 @@
+"""The ``cachedvec`` command: ingest, query, reindex, stats, prune, migrate.
+
+Every command prints a readable summary, or one JSON object with ``--json``;
+exits 0 on success and 1 with one ``error: ...`` line on a cachedvec error
+(never a traceback for a user mistake); 130 after Ctrl-C, having left the
+index as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from cachedvec.errors import CachedVecError, ConfigError
+from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, read_history
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _model_arg(value: str | None) -> Any:
+    """``None``/``default`` -> the bundled model; anything else a path or cached name."""
+    return None if value in (None, "default") else value
+
+
+def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(payload, default=str) if as_json else text)
+
+
+def handle_errors(func: F) -> F:
+    """Turn library errors into one line and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted: the index was left as it was; vectors already "
+                       "cached are kept and the next run reuses them", err=True)
+            sys.exit(130)
+        except CachedVecError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+index_option = click.option("--index", "index", default=DEFAULT_INDEX, show_default=True,
+                            type=click.Path(file_okay=False), help="Index folder.")
+store_option = click.option("--store", default=DEFAULT_STORE, show_default=True,
+                            help="Cache URL: memory://, file:///dir, sqlite:///file.db, "
+                                 "postgresql+psycopg://..., diskcache:///dir.")
+model_option = click.option("--model", default=None,
+                            help="Model folder or locally cached name; default: the bundled "
+                                 "all-MiniLM-L6-v2.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cachedvec")
+def main() -> None:
+    """cachedvec: cached embeddings and vector search.
+
+    \b
+    Quick start (uses ./.cachedvec for the cache and the index):
+      cachedvec ingest examples/corpus
+      cachedvec query "How do I descale the kettle?"
+    """
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@index_option
+@store_option
+@model_option
+@click.option("--chunk-size", default=1000, show_default=True, help="Characters per chunk.")
+@click.option("--chunk-overlap", default=150, show_default=True, help="Characters of overlap.")
+@click.option("--text-field", default="text", show_default=True,
+              help="Field holding the text in JSON Lines files.")
+@click.option("--cleanup", type=click.Choice(["incremental", "full", "none"]),
+              default="incremental", show_default=True,
+              help="incremental: delete sources gone from the given paths; full: delete every "
+                   "source not seen in this run; none: never delete.")
+@click.option("--factory", default="Flat", show_default=True,
+              help="FAISS factory string for a new index (Flat, HNSW32, IVF256,Flat...).")
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine",
+              show_default=True, help="Metric for a new index.")
+@click.option("--batch-size", default=64, show_default=True, help="Texts per model call.")
+@json_option
+@handle_errors
+def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, chunk_size: int,
+           chunk_overlap: int, text_field: str, cleanup: str, factory: str, metric: str,
+           batch_size: int, as_json: bool) -> None:
+    """Bring an index in line with text, Markdown and JSON Lines files.
+
+    Unchanged files cost nothing; changed files replace exactly their chunks
+    (unchanged chunk texts are cache hits); removed files are deleted.
+
+    \b
+    Examples:
+      cachedvec ingest docs/ notes.md
+      cachedvec ingest data.jsonl --text-field body --index idx --store sqlite:///cache.db
+      cachedvec ingest docs/ --cleanup full --json
+    """
+    from cachedvec.ingest import ingest as run
+
+    report = run(paths, index=index, store=store, model=_model_arg(model),
+                 chunk_size=chunk_size, chunk_overlap=chunk_overlap, text_field=text_field,
+                 cleanup=cleanup, factory=factory, metric=metric, batch_size=batch_size)
+    s = report.sources
+    _emit(as_json, report.as_dict(),
+          f"sources: {s.added} added, {s.updated} updated, {s.skipped} unchanged, "
+          f"{s.deleted} deleted\n"
+          f"chunks:  {report.added} added, {report.updated} updated, {report.skipped} unchanged, "
+          f"{report.deleted} deleted\n"
+          f"vectors: {report.cache_hits} from the cache, {report.computed} computed\n"
+          f"index:   {report.index} ({report.documents} chunks) in {report.seconds:.2f}s")
+
+
+@main.command()
+@click.argument("text")
+@click.option("-k", "k", default=5, show_default=True, help="How many results.")
+@index_option
+@store_option
+@model_option
+@click.option("--filter", "filter_json", default=None,
+              help='Metadata filter as JSON, e.g. \'{"topic": {"$in": ["kettle", "tea"]}}\'.')
+@json_option
+@handle_errors
+def query(text: str, k: int, index: str, store: str, model: str | None,
+          filter_json: str | None, as_json: bool) -> None:
+    """Print the chunks that best answer TEXT.
+
+    \b
+    Examples:
+      cachedvec query "How do I descale the kettle?"
+      cachedvec query "vacation carry-over" -k 3 --json
+      cachedvec query "error E3" --filter '{"topic": "kettle"}'
+    """
+    from cachedvec.query import query as run
+
+    try:
+        filter_ = json.loads(filter_json) if filter_json else None
+    except ValueError as exc:
+        raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
+    hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
+                       filter=filter_)
+    results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+               for h in hits]
+    lines = []
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h.text.split())
+        snippet = snippet[:200] + ("..." if len(snippet) > 200 else "")
+        lines.append(f"{rank}. [{h.score:.3f}] {h.metadata.get('source', '')}\n   {snippet}")
+    _emit(as_json, {"query": text, "query_cached": cached, "results": results},
+          "\n".join(lines) or "no results")
+
+
+@main.command()
+@index_option
+@click.option("--factory", default=None, help="New FAISS factory string (default: keep), "
+                                              "e.g. HNSW32, IVF1024,PQ16, PCA128,HNSW32.")
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default=None,
+              help="New metric (default: keep).")
+@store_option
+@click.option("--model", default=None,
+              help="Re-embed under another model; only vectors missing under it are computed.")
+@click.option("--compute-missing", is_flag=True,
+              help="Embed vectors missing from the cache instead of stopping.")
+@json_option
+@handle_errors
+def reindex(index: str, factory: str | None, metric: str | None, store: str,
+            model: str | None, compute_missing: bool, as_json: bool) -> None:
+    """Rebuild an index from cached vectors, with zero model calls.
+
+    \b
+    Examples:
+      cachedvec reindex --factory HNSW32
+      cachedvec reindex --factory "IVF256,PQ16" --json
+      cachedvec reindex --model /models/bge-small   # switch models
+    """
+    from cachedvec.reindex import reindex as run
+
+    report = run(index, factory=factory, metric=metric, store=store,
+                 model=_model_arg(model) if model else None, compute_missing=compute_missing)
+    _emit(as_json, report.as_dict(),
+          f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
+          f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
+          f"cache, {report.computed} computed")
+
+
+@main.command()
+@store_option
+@click.option("--index", "indexes", multiple=True, type=click.Path(file_okay=False),
+              help="Index folder(s) to describe too.")
+@json_option
+@handle_errors
+def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
+    """Describe the cache (namespaces, entries, bytes) and indexes.
+
+    \b
+    Examples:
+      cachedvec stats
+      cachedvec stats --store sqlite:///cache.db --index idx --json
+    """
+    from cachedvec.codec import VectorCodec
+    from cachedvec.index import read_manifest
+    from cachedvec.stores import open_store
+
+    payload: dict[str, Any] = {"store": store, "namespaces": [], "indexes": []}
+    lines = [f"cache {store}"]
+    with open_store(store) as opened:
+        for ns, st in opened.namespace_stats().items():
+            parts = ns.split(":")
+            model = parts[1] if len(parts) >= 4 else ns
+            kind = parts[3] if len(parts) >= 4 else ""
+            dim = VectorCodec.peek_dim(next(iter(opened.mget(
+                [next(opened.yield_keys(prefix=ns), "")])), None)) if len(parts) >= 4 else None
+            payload["namespaces"].append({"namespace": ns, "model": model, "kind": kind,
+                                          "dim": dim, "entries": st.entries, "bytes": st.bytes})
+            lines.append(f"  {ns:<60} dim {dim}  {st.entries:>9,} entries  {st.bytes:>13,} B")
+    for folder in indexes:
+        manifest = read_manifest(folder)
+        runs = [r for r in read_history(folder) if r.get("job") in ("ingest", "query")]
+        hits = sum(int(r.get("cache_hits", 0)) for r in runs)
+        computed = sum(int(r.get("computed", 0)) for r in runs)
+        rate = hits / (hits + computed) if hits + computed else None
+        info = {"index": folder, "factory": manifest.factory, "metric": manifest.metric,
+                "dim": manifest.dim, "counts": manifest.counts,
+                "model": (manifest.fingerprint or {}).get("model"),
+                "bytes": sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file()),
+                "runs": len(runs), "hit_rate": rate}
+        payload["indexes"].append(info)
+        lines.append(f"index {folder}: {manifest.factory} ({manifest.metric}, dim {manifest.dim}),"
+                     f" {manifest.counts.get('documents', 0):,} chunks, model {info['model']}, "
+                     f"{info['bytes']:,} B; hit rate over {len(runs)} runs: "
+                     + ("n/a" if rate is None else f"{rate:.1%}"))
+    _emit(as_json, payload, "\n".join(lines))
+
+
+def _parse_duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"--older-than takes a duration like 90s, 30m, 12h, 7d or 2w; "
+                          f"got {text!r}")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+@main.command()
+@store_option
+@click.option("--index", "indexes", multiple=True, type=click.Path(file_okay=False),
+              help="Keep every vector these indexes use (repeatable).")
+@click.option("--older-than", default=None,
+              help="Only drop entries not written or read for this long (30m, 12h, 7d...).")
+@click.option("--dry-run", is_flag=True, help="Count what would be dropped; drop nothing.")
+@json_option
+@handle_errors
+def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run: bool,
+          as_json: bool) -> None:
+    """Drop cache entries no given index references (or older than --older-than).
+
+    \b
+    Examples:
+      cachedvec prune --index .cachedvec/index --dry-run
+      cachedvec prune --store sqlite:///cache.db --index a --index b --older-than 30d
+    """
+    from cachedvec.index import VectorIndex
+    from cachedvec.stores import open_store
+
+    age = _parse_duration(older_than)
+    if not indexes and age is None:
+        raise ConfigError("give --index (keep what indexes use) and/or --older-than")
+    keep: set[str] = set()
+    for folder in indexes:
+        with VectorIndex.load(folder) as vindex:
+            keep.update(r.cache_key for r in vindex.records() if r.cache_key)
+    with open_store(store) as opened:
+        dropped = opened.prune(age or 0.0, keep=keep, dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    _emit(as_json, {"store": store, "pruned": dropped, "kept": len(keep), "dry_run": dry_run},
+          f"{verb} {dropped} entries; kept {len(keep)} used by {len(indexes)} index(es)")
+
+
+@main.command()
+@click.option("--store", required=True, help="SQL cache URL (sqlite:///..., postgresql+psycopg://...).")
+@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+@json_option
+@handle_errors
+def migrate(store: str, revision: str, as_json: bool) -> None:
+    """Upgrade a SQL cache's schema to this version of cachedvec.
+
+    \b
+    Examples:
+      cachedvec migrate --store postgresql+psycopg://cache@db/cache
+    """
+    from cachedvec import migrate as migrations
+    from cachedvec.stores import redact_url
+
+    migrations.upgrade(store, revision)
+    current = migrations.current(store)
+    _emit(as_json, {"store": redact_url(store), "revision": current},
+          f"{redact_url(store)} is at revision {current}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,277 @@
+"""Incremental ingestion: bring an index in line with its source files.
+
+Each run reads the sources, and for every one of them:
+
+- **unchanged** (same bytes, same chunking settings as recorded): skipped
+  without splitting it, embedding it or touching the index;
+- **new or changed**: split into chunks; a chunk's id is a digest of its
+  source and its exact text, so chunks whose text survived the edit keep
+  their id and are left alone, new chunks are added (their vectors come from
+  the cache when any run, under this model, embedded that text before) and
+  chunks that disappeared are deleted;
+- **gone** (cleanup): ``incremental`` deletes the chunks of sources that lived
+  under the given paths but no longer exist; ``full`` deletes every source
+  this run did not see; ``none`` deletes nothing.
+
+Ordering makes a crash or Ctrl-C harmless: vectors are cached batch by batch
+while embedding, the index folder is saved atomically once at the end, and
+the source records (``ingest.json``) are written only after the index is
+safe. A run cut short leaves the previous index and records intact, and the
+next run recomputes only vectors that never reached the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cachedvec.embeddings import CachedEmbeddings
+from cachedvec.errors import ConfigError, IndexCorruptError
+from cachedvec.index import VectorIndex
+from cachedvec.jobs import (
+    DEFAULT_INDEX,
+    DEFAULT_STORE,
+    prepare_store_url,
+    progress,
+    record_run,
+    slices,
+)
+from cachedvec.sources import Chunk, Chunker, Source, find_files, read_source
+
+CLEANUP_MODES = ("incremental", "full", "none")
+RECORDS_FILE = "ingest.json"
+RECORDS_VERSION = 1
+
+
+@dataclass
+class SourceCounts:
+    added: int = 0
+    updated: int = 0
+    skipped: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. Chunk counts are top level; source counts nested."""
+
+    added: int = 0
+    updated: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    cache_hits: int = 0
+    computed: int = 0
+    sources: SourceCounts = field(default_factory=SourceCounts)
+    documents: int = 0
+    seconds: float = 0.0
+    index: str = ""
+    model: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def chunk_id(source: str, text: str, occurrence: int) -> str:
+    """Stable id of a chunk: its source, its exact text, and which repeat it is."""
+    digest = hashlib.blake2b(f"{source}\0{text}".encode("utf-8", "surrogatepass"),
+                             digest_size=16).hexdigest()
+    return digest if occurrence == 0 else f"{digest}-{occurrence}"
+
+
+def _identified(source: str, chunks: list[Chunk]) -> dict[str, Chunk]:
+    seen: Counter[str] = Counter()
+    out = {}
+    for chunk in chunks:
+        out[chunk_id(source, chunk.text, seen[chunk.text])] = chunk
+        seen[chunk.text] += 1
+    return out
+
+
+def _version(src: Source, chunker: Chunker) -> str:
+    settings = json.dumps(chunker.settings, sort_keys=True)
+    return hashlib.sha256(f"{src.content_hash}\0{settings}".encode()).hexdigest()
+
+
+def load_records(index_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{source: {"version": ..., "chunks": n}}`` from the last finished run."""
+    path = index_dir / RECORDS_FILE
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"cannot read ingestion records {path}: {exc}") from exc
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if data.get("format_version") != RECORDS_VERSION or not isinstance(sources, dict):
+        raise IndexCorruptError(f"ingestion records {path} are not in a known format")
+    return {k: v for k, v in sources.items() if isinstance(v, dict)}
+
+
+def _write_records(index_dir: Path, records: dict[str, dict[str, Any]]) -> None:
+    path = index_dir / RECORDS_FILE
+    tmp = path.with_name(f".{RECORDS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"format_version": RECORDS_VERSION, "sources": records},
+                              sort_keys=True), "utf-8")
+    os.replace(tmp, path)
+
+
+def _under(source: str, roots: Sequence[Path]) -> bool:
+    return any(source == str(r) or source.startswith(str(r) + os.sep) for r in roots)
+
+
+def ingest(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    index: str | os.PathLike[str] = DEFAULT_INDEX,
+    store: str = DEFAULT_STORE,
+    model: Any = None,
+    chunk_size: int = 1000,
+    chunk_overlap: int = 150,
+    text_field: str = "text",
+    cleanup: str = "incremental",
+    factory: str = "Flat",
+    metric: str = "cosine",
+    batch_size: int = 64,
+    show_progress: bool | None = None,
+) -> IngestReport:
+    """Bring the index at ``index`` in line with the files under ``paths``.
+
+    Creates the index (``factory``, ``metric``) on first use. Raises
+    :class:`SourceError` for unreadable, binary or non-UTF-8 files before
+    changing anything, and :class:`IndexMismatchError` when the index was
+    built with another model (switch models with :func:`cachedvec.reindex`).
+    """
+    started = time.perf_counter()
+    if cleanup not in CLEANUP_MODES:
+        raise ConfigError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
+    if not paths:
+        raise ConfigError("give at least one file or folder to ingest")
+    chunker = Chunker(chunk_size, chunk_overlap, text_field)
+    index_dir = Path(index)
+    roots = [Path(p).expanduser().resolve() for p in paths]
+    files = find_files(paths)
+    sources = [read_source(f) for f in progress(files, desc="reading", unit="file",
+                                                 enabled=show_progress)]
+
+    with CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb:
+        vindex = (VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
+                  if (index_dir / "manifest.json").exists() else None)
+        records = load_records(index_dir) if vindex is not None else {}
+        report = IngestReport(index=str(index_dir), model=emb.fingerprint.model)
+        try:
+            changed = _apply(sources, roots, chunker, emb, vindex, records, report, cleanup,
+                             factory, metric, show_progress)
+            if changed is not None:
+                vindex = changed
+                vindex.save(index_dir)
+                _write_records(index_dir, records)
+            report.documents = len(vindex) if vindex is not None else 0
+        finally:
+            if vindex is not None:
+                vindex.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    if index_dir.exists():
+        record_run(index_dir, "ingest", report.as_dict())
+    return report
+
+
+def _apply(
+    sources: list[Source],
+    roots: list[Path],
+    chunker: Chunker,
+    emb: CachedEmbeddings,
+    vindex: VectorIndex | None,
+    records: dict[str, dict[str, Any]],
+    report: IngestReport,
+    cleanup: str,
+    factory: str,
+    metric: str,
+    show_progress: bool | None,
+) -> VectorIndex | None:
+    """Plan and apply the changes; returns the index to save, or None if nothing changed."""
+    indexed = _indexed_chunks(vindex)
+    to_add: dict[str, Chunk] = {}
+    to_delete: list[str] = []
+    seen: set[str] = set()
+    for src in sources:
+        name = src.name
+        seen.add(name)
+        version = _version(src, chunker)
+        old = indexed.get(name, {})
+        recorded = records.get(name, {})
+        if recorded.get("version") == version and (name in indexed or recorded.get("chunks") == 0):
+            report.sources.skipped += 1
+            report.skipped += len(old)
+            continue
+        new = _identified(name, chunker.chunks(src))
+        for cid, chunk in new.items():
+            if cid not in old:
+                to_add[cid] = chunk
+                report.added += 1
+            elif old[cid] != chunk.metadata:
+                to_add[cid] = chunk
+                report.updated += 1
+            else:
+                report.skipped += 1
+        gone = [cid for cid in old if cid not in new]
+        to_delete += gone
+        report.deleted += len(gone)
+        if name in indexed or name in records:
+            report.sources.updated += 1
+        else:
+            report.sources.added += 1
+        records[name] = {"version": version, "chunks": len(new)}
+
+    if cleanup != "none":
+        for name in set(indexed) | set(records):
+            if name in seen or (cleanup == "incremental" and not _under(name, roots)):
+                continue
+            to_delete += list(indexed.get(name, {}))
+            report.deleted += len(indexed.get(name, {}))
+            report.sources.deleted += 1
+            records.pop(name, None)
+
+    if not to_add and not to_delete:
+        return None
+    ids = list(to_add)
+    texts = [to_add[i].text for i in ids]
+    vectors = _embed(emb, texts, show_progress)
+    report.cache_hits, report.computed = emb.stats.hits, emb.stats.computed
+    if vindex is None:
+        vindex = VectorIndex(vectors.shape[1], metric=metric, factory=factory,
+                             fingerprint=emb.fingerprint)
+    if to_delete:
+        vindex.delete(to_delete)
+    if ids:
+        vindex.add(vectors, texts, [to_add[i].metadata for i in ids], ids=ids,
+                   cache_keys=emb.document_keys(texts))
+    return vindex
+
+
+def _indexed_chunks(vindex: VectorIndex | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{source: {chunk id: metadata}}`` of what the index holds now."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    if vindex is not None:
+        for record in vindex.records():
+            if record.source is not None:
+                out.setdefault(record.source, {})[record.id] = record.metadata
+    return out
+
+
+def _embed(emb: CachedEmbeddings, texts: list[str], show_progress: bool | None) -> np.ndarray:
+    """Embed in slices so the progress bar moves; each slice is cached as it finishes."""
+    if not texts:
+        return np.empty((0, emb.dim or 0), np.float32)
+    step = emb.batch_size * 4
+    parts = [emb.embed_documents_array(part) for part in progress(
+        list(slices(texts, step)), desc="embedding", unit="batch", enabled=show_progress)]
+    return np.concatenate(parts)

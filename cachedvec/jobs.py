@@ -1,0 +1,70 @@
+"""Defaults and plumbing shared by the main jobs (ingest, query, reindex)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+DEFAULT_HOME = Path(".cachedvec")
+DEFAULT_INDEX = str(DEFAULT_HOME / "index")
+DEFAULT_STORE = f"sqlite:///{DEFAULT_HOME / 'cache.db'}"
+HISTORY_FILE = "history.jsonl"
+
+T = TypeVar("T")
+
+
+def prepare_store_url(url: str) -> str:
+    """Create the parent folder of a local SQLite URL, so defaults just work."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
+             enabled: bool | None = None, unit: str = "it") -> Iterator[T]:
+    """A progress bar on a terminal (stderr), nothing otherwise."""
+    # tqdm's disable=None means: only when stderr is a TTY.
+    return iter(tqdm(items, total=total, desc=desc, unit=unit, leave=False,
+                     disable=None if enabled is None else not enabled))
+
+
+def slices(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def record_run(index_dir: str | os.PathLike[str], job: str, report: dict[str, Any]) -> None:
+    """Append one line to the index folder's run history (read by ``stats``).
+
+    The history is plain JSON Lines beside the index files; the index loader
+    ignores it, and losing it loses only statistics.
+    """
+    entry = {"time": time.time(), "job": job, **report}
+    try:
+        with open(Path(index_dir) / HISTORY_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+    except OSError:
+        pass  # statistics are best effort; the job itself succeeded
+
+
+def read_history(index_dir: str | os.PathLike[str], limit: int = 1000) -> list[dict[str, Any]]:
+    path = Path(index_dir) / HISTORY_FILE
+    runs = []
+    try:
+        lines = path.read_text("utf-8").splitlines()[-limit:]
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn last line after a crash
+        if isinstance(entry, dict):
+            runs.append(entry)
+    return runs

@@ -1,0 +1,38 @@
+"""Asking an index a question: the query job behind ``cachedvec query``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cachedvec.embeddings import CachedEmbeddings
+from cachedvec.index import Hit, VectorIndex
+from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, prepare_store_url, record_run
+
+
+def query(
+    text: str,
+    *,
+    k: int = 5,
+    index: str | os.PathLike[str] = DEFAULT_INDEX,
+    store: str = DEFAULT_STORE,
+    model: Any = None,
+    filter: dict[str, Any] | None = None,
+) -> tuple[list[Hit], bool]:
+    """The ``k`` best chunks for ``text``, and whether its vector was a cache hit.
+
+    The query vector goes through the cache's query namespace, so a question
+    asked before costs no model call (and does not even load the model).
+    Raises :class:`IndexMismatchError` if the index was built with another model.
+    """
+    with CachedEmbeddings(model, prepare_store_url(store)) as emb:
+        vindex = VectorIndex.load(Path(index), fingerprint=emb.fingerprint)
+        try:
+            vector = emb.embed_query_array(text)
+            hits = vindex.search(vector, k, filter=filter)
+        finally:
+            vindex.close()
+        cached = emb.stats.hits == 1
+    record_run(index, "query", {"cache_hits": int(cached), "computed": int(not cached)})
+    return hits, cached
