@@ -138,10 +138,9 @@ class DiskCacheStore(CachedVecStore):
         for start in range(0, len(keys), 500):
             part = list(keys[start : start + 500])
             marks = ",".join("?" * len(part))
-            rows = self.cache._sql(
-                f"SELECT key, store_time, access_time FROM Cache WHERE raw = 1 AND key IN ({marks})",
-                part,
-            ).fetchall()
+            sql = ("SELECT key, store_time, access_time FROM Cache "
+                   f"WHERE raw = 1 AND key IN ({marks})")
+            rows = self.cache._sql(sql, part).fetchall()
             times.update({k: (s or 0.0, a or 0.0) for k, s, a in rows})
         return [times.get(k, (0.0, 0.0)) for k in keys]
 
