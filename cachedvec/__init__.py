@@ -42,8 +42,9 @@ _LAZY = {
     "default_model": "cachedvec.models",
     "ModelFingerprint": "cachedvec.keys",
     "CachedVectorStore": "cachedvec.vectorstore",
-    "ingest": "cachedvec.ingest",
-    "reindex": "cachedvec.reindex",
+    "ingest": "cachedvec.ingestion",
+    "reindex": "cachedvec.reindexing",
+    "query": "cachedvec.search",
 }
 
 if TYPE_CHECKING:
@@ -86,5 +87,6 @@ __all__ = [
     "default_model",
     "ingest",
     "open_store",
+    "query",
     "reindex",
 ]

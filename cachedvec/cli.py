@@ -114,7 +114,7 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
       cachedvec ingest data.jsonl --text-field body --index idx --store sqlite:///cache.db
       cachedvec ingest docs/ --cleanup full --json
     """
-    from cachedvec.ingest import ingest as run
+    from cachedvec.ingestion import ingest as run
 
     report = run(paths, index=index, store=store, model=_model_arg(model),
                  chunk_size=chunk_size, chunk_overlap=chunk_overlap, text_field=text_field,
@@ -149,7 +149,7 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
       cachedvec query "vacation carry-over" -k 3 --json
       cachedvec query "error E3" --filter '{"topic": "kettle"}'
     """
-    from cachedvec.query import query as run
+    from cachedvec.search import query as run
 
     try:
         filter_ = json.loads(filter_json) if filter_json else None
@@ -191,7 +191,7 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
       cachedvec reindex --factory "IVF256,PQ16" --json
       cachedvec reindex --model /models/bge-small   # switch models
     """
-    from cachedvec.reindex import reindex as run
+    from cachedvec.reindexing import reindex as run
 
     report = run(index, factory=factory, metric=metric, store=store,
                  model=_model_arg(model) if model else None, compute_missing=compute_missing)

@@ -1,0 +1,183 @@
+"""Incremental ingestion and re-indexing through the Python API (fake model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cachedvec
+from cachedvec.errors import (
+    ConfigError,
+    IndexMismatchError,
+    MissingVectorsError,
+    SourceError,
+)
+from cachedvec.index import VectorIndex
+from cachedvec.testing import FakeEmbeddings
+
+PARAGRAPHS = [f"Paragraph {i} is about subject {i}: words alpha{i} beta{i}." for i in range(9)]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.md").write_text("# A\n\n" + "\n\n".join(PARAGRAPHS[:3]))
+    (root / "b.txt").write_text("\n\n".join(PARAGRAPHS[3:6]))
+    (root / "sub" / "c.md").write_text("\n\n".join(PARAGRAPHS[6:]))
+    (root / "faq.jsonl").write_text(
+        json.dumps({"text": "How to boil water: use a kettle.", "topic": "kettle"}) + "\n"
+        + json.dumps({"text": "Bees dance to share directions.", "topic": "bees"}) + "\n")
+    (root / "image.png").write_bytes(b"\x89PNG\x00\x00")  # not a text suffix: ignored
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict:
+    return {"index": str(tmp_path / "idx"), "store": f"sqlite:///{tmp_path}/cache.db",
+            "model": FakeEmbeddings(32), "chunk_size": 120, "chunk_overlap": 0}
+
+
+def test_first_ingest_then_nothing_to_do(corpus: Path, setup: dict) -> None:
+    first = cachedvec.ingest([corpus], **setup)
+    assert first.sources.added == 4 and first.added == first.computed > 0
+    assert first.documents == first.added
+    model = setup["model"]
+    calls = model.calls
+    again = cachedvec.ingest([corpus], **setup)
+    assert model.calls == calls
+    assert (again.added, again.updated, again.deleted, again.computed) == (0, 0, 0, 0)
+    assert again.sources.skipped == 4 and again.skipped == first.added
+
+
+def test_editing_a_source_replaces_exactly_its_changed_chunks(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    model = setup["model"]
+    model.texts_embedded = 0
+    (corpus / "b.txt").write_text("\n\n".join([PARAGRAPHS[3], "A brand new paragraph here.",
+                                               PARAGRAPHS[5]]))
+    report = cachedvec.ingest([corpus], **setup)
+    assert report.sources.updated == 1 and report.sources.skipped == 3
+    assert report.computed == model.texts_embedded
+    assert report.added >= 1 and report.deleted >= 1
+    with VectorIndex.load(setup["index"]) as vindex:
+        texts = [r.text for r in vindex.records()]
+    assert any("brand new" in t for t in texts)
+    assert not any(PARAGRAPHS[4] in t for t in texts)
+
+
+def test_removed_sources_are_deleted_by_cleanup_mode(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    (corpus / "sub" / "c.md").unlink()
+    kept = cachedvec.ingest([corpus], **setup, cleanup="none")
+    assert kept.sources.deleted == 0
+    gone = cachedvec.ingest([corpus], **setup)
+    assert gone.sources.deleted == 1 and gone.deleted > 0
+    # incremental leaves sources outside the given paths alone; full does not.
+    only_a = cachedvec.ingest([corpus / "a.md"], **setup)
+    assert only_a.sources.deleted == 0
+    full = cachedvec.ingest([corpus / "a.md"], **setup, cleanup="full")
+    assert full.sources.deleted == 2
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert {r.source for r in vindex.records()} == {str((corpus / "a.md").resolve())}
+
+
+def test_jsonl_fields_become_metadata_and_filters_work(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    hits, _ = cachedvec.query("kettle water", index=setup["index"], store=setup["store"],
+                                    model=setup["model"], k=3, filter={"topic": "kettle"})
+    assert [h.metadata["topic"] for h in hits] == ["kettle"]
+
+
+def test_query_vectors_are_cached(corpus: Path, setup: dict) -> None:
+    from cachedvec.search import query
+
+    cachedvec.ingest([corpus], **setup)
+    _, cached = query("alpha4 beta4", index=setup["index"], store=setup["store"],
+                      model=setup["model"])
+    assert not cached
+    hits, cached = query("alpha4 beta4", index=setup["index"], store=setup["store"],
+                         model=setup["model"], k=1)
+    assert cached and "alpha4" in hits[0].text
+
+
+def test_an_index_from_another_model_is_refused(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    with pytest.raises(IndexMismatchError):
+        cachedvec.ingest([corpus], **{**setup, "model": FakeEmbeddings(32, name="other")})
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat", "PCA4,Flat"])
+def test_reindex_uses_the_cache_and_no_model(corpus: Path, setup: dict, factory: str) -> None:
+    cachedvec.ingest([corpus], **setup)
+    with VectorIndex.load(setup["index"]) as vindex:
+        before = sorted(r.id for r in vindex.records())
+    report = cachedvec.reindex(setup["index"], factory=factory, store=setup["store"])
+    assert report.computed == 0 and report.factory == factory
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert vindex.factory == factory
+        assert sorted(r.id for r in vindex.records()) == before
+        probe = setup["model"].embed_array([PARAGRAPHS[7]])[0]
+        assert PARAGRAPHS[7] in vindex.search(probe, 1)[0].text
+
+
+def test_reindex_stops_when_vectors_are_missing(corpus: Path, setup: dict, tmp_path: Path) -> None:
+    cachedvec.ingest([corpus], **setup)
+    manifest = (Path(setup["index"]) / "manifest.json").read_bytes()
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    with pytest.raises(MissingVectorsError) as info:
+        cachedvec.reindex(setup["index"], factory="HNSW32", store=empty)
+    assert info.value.missing > 0
+    assert (Path(setup["index"]) / "manifest.json").read_bytes() == manifest  # untouched
+    report = cachedvec.reindex(setup["index"], store=empty, compute_missing=True,
+                               model=setup["model"])
+    assert report.computed == info.value.missing
+
+
+def test_reindex_can_switch_models_computing_only_what_is_missing(
+        corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    other = FakeEmbeddings(16, name="other")
+    first = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
+    assert first.computed > 0 and first.model == "cachedvec-fake/other"
+    again = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
+    assert again.computed == 0
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert vindex.dim == 16
+
+
+def test_bad_sources_fail_before_anything_changes(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    manifest = (Path(setup["index"]) / "manifest.json").read_bytes()
+    (corpus / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(SourceError, match="not UTF-8"):
+        cachedvec.ingest([corpus], **setup)
+    (corpus / "latin1.txt").write_bytes(b"bin\x00ary")
+    with pytest.raises(SourceError, match="binary"):
+        cachedvec.ingest([corpus], **setup)
+    with pytest.raises(SourceError, match="no such"):
+        cachedvec.ingest([corpus / "missing"], **setup)
+    with pytest.raises(ConfigError):
+        cachedvec.ingest([corpus], **{**setup, "cleanup": "sometimes"})
+    assert (Path(setup["index"]) / "manifest.json").read_bytes() == manifest
+
+
+def test_chunk_settings_change_rechunks_with_cached_vectors(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    report = cachedvec.ingest([corpus], **{**setup, "chunk_size": 4000})
+    assert report.sources.updated == 4
+    merged = cachedvec.ingest([corpus], **{**setup, "chunk_size": 4000})
+    assert merged.sources.skipped == 4
+
+
+def test_vectors_in_the_index_equal_the_model(corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)
+    with VectorIndex.load(setup["index"]) as vindex:
+        records = list(vindex.records())
+        stored, missing = vindex.get_vectors([r.id for r in records])
+    assert missing == []
+    np.testing.assert_allclose(stored, setup["model"].embed_array([r.text for r in records]),
+                               atol=1e-6)
