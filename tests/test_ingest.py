@@ -96,12 +96,12 @@ def test_query_vectors_are_cached(corpus: Path, setup: dict) -> None:
     from cachedvec.search import query
 
     cachedvec.ingest([corpus], **setup)
-    _, cached = query("alpha4 beta4", index=setup["index"], store=setup["store"],
+    _, cached = query(PARAGRAPHS[4], index=setup["index"], store=setup["store"],
                       model=setup["model"])
     assert not cached
-    hits, cached = query("alpha4 beta4", index=setup["index"], store=setup["store"],
+    hits, cached = query(PARAGRAPHS[4], index=setup["index"], store=setup["store"],
                          model=setup["model"], k=1)
-    assert cached and "alpha4" in hits[0].text
+    assert cached and PARAGRAPHS[4] in hits[0].text
 
 
 def test_an_index_from_another_model_is_refused(corpus: Path, setup: dict) -> None:
