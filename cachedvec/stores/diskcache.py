@@ -128,7 +128,10 @@ class DiskCacheStore(CachedVecStore):
                 self.cache.delete(key, retry=True)
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
-        for key in list(self.cache.iterkeys()):
+        # Straight from diskcache's table: its own iterator would unpickle
+        # non-raw keys (and stop at the first one we refuse).
+        rows = self.cache._sql("SELECT key FROM Cache WHERE raw = 1").fetchall()
+        for (key,) in rows:
             if isinstance(key, str) and (prefix is None or key.startswith(prefix)):
                 yield key
 
