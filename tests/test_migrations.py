@@ -130,7 +130,7 @@ def _open_store(url: str) -> None:
 
 def test_processes_racing_to_create_one_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/race.db"
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     with context.Pool(4) as pool:
         pool.map(_open_store, [url] * 4)
     assert migrate.current(url) == SCHEMA_REVISION
