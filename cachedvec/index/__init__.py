@@ -1,0 +1,28 @@
+"""Vector search: a FAISS index and its SQLite docstore, saved as one folder.
+
+- :class:`VectorIndex` — the index and docstore kept in step (vector_index.py)
+- :class:`FaissIndex` — FAISS with stable int64 ids (faiss_index.py)
+- :class:`DocStore` — the SQLite documents table (docstore.py)
+- :func:`compile_filter` — LangChain metadata filters (filters.py)
+- :mod:`~cachedvec.index.persist` — the folder format and atomic saves
+"""
+
+from cachedvec.index.docstore import DocStore, Record
+from cachedvec.index.faiss_index import METRICS, FaissIndex
+from cachedvec.index.filters import Filter, compile_filter
+from cachedvec.index.persist import Manifest, read_manifest
+from cachedvec.index.vector_index import DeleteResult, Hit, VectorIndex
+
+__all__ = [
+    "METRICS",
+    "DeleteResult",
+    "DocStore",
+    "FaissIndex",
+    "Filter",
+    "Hit",
+    "Manifest",
+    "Record",
+    "VectorIndex",
+    "compile_filter",
+    "read_manifest",
+]

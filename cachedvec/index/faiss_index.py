@@ -1,0 +1,386 @@
+"""FAISS with stable int64 ids, for any factory string and any of three metrics.
+
+Ids. FAISS numbers vectors 0..n-1 unless told otherwise, and what a removal
+does to those numbers depends on the index type (flat indexes shift the ones
+after it, IVF lists keep them). So every vector here carries an explicit,
+never reused int64 id:
+
+- IVF indexes (also behind a transform such as ``OPQ16,IVF256,PQ16``) store
+  ids in their inverted lists, and remove by id natively. They get a
+  hash-table direct map so vectors can be read back by id.
+- Everything else is wrapped in ``IndexIDMap2``, which keeps an id array next
+  to the sub-index and can read vectors back by id.
+
+Removal. Flat, PQ and scalar-quantizer indexes remove for real. Graph
+indexes (HNSW, NSG) cannot remove: their ids become *tombstones*, excluded at
+search time (an ``IDSelector`` for HNSW, over-fetching otherwise) until the
+index is rebuilt. Whether an index removes for real is asked of FAISS itself
+once, so new index types need no table here.
+
+Metrics: ``cosine`` normalises every vector and query and uses inner product;
+``ip`` is raw inner product; ``l2`` returns squared Euclidean distances, as
+FAISS computes them (lower is closer).
+
+Threads: FAISS's OpenMP threads make one-query searches slower (they split
+too little work, and fight other processes for the cores), so a search of a
+single query runs on one thread; batches use them all. ``omp_set_num_threads``
+acts on the calling thread only, so concurrent searches do not disturb each
+other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from cachedvec.errors import ConfigError, DimensionError
+
+Matrix = npt.NDArray[np.float32]
+Ids = npt.NDArray[np.int64]
+
+METRICS: dict[str, int] = {
+    "cosine": faiss.METRIC_INNER_PRODUCT,
+    "ip": faiss.METRIC_INNER_PRODUCT,
+    "l2": faiss.METRIC_L2,
+}
+# Defaults chosen so recall@10 >= 0.95 on clustered 384-d embeddings
+# (tests/test_index.py checks it); FAISS's own (efSearch 16, nprobe 1) miss it.
+DEFAULT_EF_SEARCH = 64
+_FAISS_MESSAGE = re.compile(r" at \S+:\d+: (?:Error: )?(.*)$")
+
+
+def default_nprobe(nlist: int) -> int:
+    """Probe 1/16 of the lists, at least 8 (or all of them if fewer)."""
+    return min(nlist, max(8, nlist // 16))
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
+    return metric
+
+
+class FaissIndex:
+    """A FAISS index addressed by int64 ids, with add, remove and search.
+
+    Not thread-safe for writes: :class:`~cachedvec.index.VectorIndex` holds a
+    lock around it. Searches may run concurrently with each other.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        factory: str = "Flat",
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ConfigError(f"dim must be a positive integer, got {dim!r}")
+        check_metric(metric)
+        if not isinstance(factory, str) or not factory.strip():
+            raise ConfigError(f"factory must be a FAISS factory string, got {factory!r}")
+        try:
+            base = faiss.index_factory(dim, factory, METRICS[metric])
+        except RuntimeError as exc:
+            raise ConfigError(f"unknown FAISS factory string {factory!r}: {_reason(exc)}") from exc
+        if isinstance(faiss.downcast_index(base), faiss.IndexIDMap):
+            raise ConfigError(f"factory {factory!r}: drop 'IDMap', cachedvec manages ids itself")
+        inner = _innermost(base)
+        if isinstance(inner, faiss.IndexIVF):
+            inner.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index = base
+        else:
+            index = faiss.IndexIDMap2(base)
+        self._setup(index, metric, factory, ef_search, nprobe)
+
+    @classmethod
+    def from_faiss(
+        cls,
+        index: faiss.Index,
+        metric: str,
+        factory: str,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> FaissIndex:
+        """Adopt an index as ``faiss.read_index`` returns it (built by this class).
+
+        The object itself is kept: a ``downcast_index`` proxy would not own
+        the C++ index, which would be freed with the original proxy.
+        """
+        expected = _layers(cls(int(index.d), metric, factory)._index)
+        found = _layers(index)
+        # isinstance, not equality: FAISS reads a flat index back as its
+        # metric-specific subclass (IndexFlatIP for an IndexFlat).
+        if (
+            len(found) != len(expected)
+            or index.metric_type != METRICS[metric]
+            or not all(isinstance(f, type(e)) for f, e in zip(found, expected, strict=True))
+        ):
+            names = " > ".join(type(layer).__name__ for layer in found)
+            raise ConfigError(f"the FAISS file holds {names}, not a {metric} {factory!r} index")
+        adopted = cls.__new__(cls)
+        adopted._setup(index, metric, factory, ef_search, nprobe)
+        return adopted
+
+    def _setup(
+        self,
+        index: faiss.Index,
+        metric: str,
+        factory: str,
+        ef_search: int | None,
+        nprobe: int | None,
+    ) -> None:
+        self._index = index
+        self.metric = check_metric(metric)
+        self.factory = factory
+        self.dim = int(index.d)
+        inner = _innermost(index.index if isinstance(index, faiss.IndexIDMap2) else index)
+        self._hnsw = inner.hnsw if isinstance(inner, faiss.IndexHNSW) else None
+        self._ivf = inner if isinstance(inner, faiss.IndexIVF) else None
+        if ef_search is not None and self._hnsw is None:
+            raise ConfigError(f"ef_search applies to HNSW indexes, not {factory!r}")
+        if nprobe is not None and self._ivf is None:
+            raise ConfigError(f"nprobe applies to IVF indexes, not {factory!r}")
+        if self._hnsw is not None:
+            self.ef_search = _positive("ef_search", ef_search or DEFAULT_EF_SEARCH)
+        if self._ivf is not None:
+            self.nprobe = _positive("nprobe", nprobe or default_nprobe(self._ivf.nlist))
+        self._removes = _can_remove(index)
+        self._tombstones: set[int] = set()
+        self._exclusion: Any = None  # IDSelector over the tombstones, built lazily
+
+    # -- settings -------------------------------------------------------------
+
+    @property
+    def ef_search(self) -> int | None:
+        return int(self._hnsw.efSearch) if self._hnsw is not None else None
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if self._hnsw is None:
+            raise ConfigError(f"ef_search applies to HNSW indexes, not {self.factory!r}")
+        self._hnsw.efSearch = _positive("ef_search", value)
+
+    @property
+    def nprobe(self) -> int | None:
+        return int(self._ivf.nprobe) if self._ivf is not None else None
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._ivf is None:
+            raise ConfigError(f"nprobe applies to IVF indexes, not {self.factory!r}")
+        self._ivf.nprobe = min(_positive("nprobe", value), self._ivf.nlist)
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The underlying FAISS object (for saving and inspection)."""
+        return self._index
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors held by FAISS, tombstones included."""
+        return int(self._index.ntotal)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    @property
+    def removes_for_real(self) -> bool:
+        """False for graph indexes, whose deletions are tombstones."""
+        return self._removes
+
+    # -- vectors ----------------------------------------------------------------
+
+    def prepare(self, vectors: Any, what: str = "vectors") -> Matrix:
+        """Validate and convert to the float32 C-ordered rows FAISS wants.
+
+        Returns a new array when anything changes (always for cosine, which
+        normalises), so the caller's array is never modified.
+        """
+        try:
+            array = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{what} must be numeric arrays: {exc}") from exc
+        if array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            shape = "x".join(map(str, array.shape))
+            raise DimensionError(f"{what} have shape {shape}, the index holds {self.dim}-d vectors")
+        if not np.isfinite(array).all():
+            bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+            raise ConfigError(f"{what}[{bad}] contains NaN or infinite values")
+        if self.metric == "cosine":
+            array = np.array(array, dtype=np.float32, order="C", copy=True)
+            faiss.normalize_L2(array)
+        else:
+            array = np.ascontiguousarray(array)
+        return array
+
+    def train(self, vectors: Matrix) -> None:
+        """Train (IVF centroids, PQ codebooks, PCA...) on prepared vectors."""
+        try:
+            self._index.train(vectors)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot train {self.factory!r} on {len(vectors)} vectors: {_reason(exc)}"
+            ) from exc
+
+    def add(self, vectors: Matrix, ids: Ids) -> None:
+        """Add prepared vectors under new ids (the caller never reuses an id).
+
+        All or nothing: if FAISS fails part way, what it took is removed.
+        """
+        if not self._index.is_trained:
+            self.train(vectors)
+        before = self.ntotal
+        try:
+            self._index.add_with_ids(vectors, ids)
+        except BaseException:
+            if self.ntotal != before:
+                with suppress(Exception):
+                    self.remove(ids)
+            raise
+
+    def remove(self, ids: Ids) -> None:
+        """Remove ids for real, or tombstone them where FAISS cannot remove."""
+        if len(ids) == 0:
+            return
+        if self._removes:
+            self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        else:
+            self._tombstones.update(int(i) for i in ids)
+            self._exclusion = None
+
+    def reconstruct(self, ids: Ids) -> Matrix:
+        """The stored vectors of ``ids`` (normalised for cosine; decoded for PQ)."""
+        if len(ids) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        try:
+            return self._index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+        except RuntimeError as exc:
+            raise ConfigError(f"{self.factory!r} cannot give vectors back: {_reason(exc)}") from exc
+
+    def stored_ids(self) -> Ids:
+        """Every id FAISS holds, tombstones included (order unspecified)."""
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        lists = self._ivf.invlists
+        parts = [np.empty(0, dtype=np.int64)]
+        for number in range(lists.nlist):
+            size = lists.list_size(number)
+            if size:
+                pointer = lists.get_ids(number)
+                parts.append(faiss.rev_swig_ptr(pointer, size).copy())
+                lists.release_ids(number, pointer)
+        return np.concatenate(parts)
+
+    # -- search -----------------------------------------------------------------
+
+    def search(self, queries: Matrix, k: int) -> tuple[Matrix, Ids]:
+        """Top ``k`` of prepared queries: ``(scores, ids)``, id -1 where none.
+
+        Tombstones never come back. Scores are similarities for cosine and ip
+        (higher is closer) and squared distances for l2 (lower is closer).
+        """
+        n = len(queries)
+        extra = 0
+        params = None
+        if self._tombstones:
+            params = self._exclusion_params()
+            if params is None:
+                extra = len(self._tombstones)
+        fetch = min(k + extra, self.ntotal)
+        if fetch <= 0:
+            return (np.empty((n, 0), dtype=np.float32), np.empty((n, 0), dtype=np.int64))
+        if n == 1:
+            with _one_thread():
+                scores, ids = self._index.search(queries, fetch, params=params)
+        else:
+            scores, ids = self._index.search(queries, fetch, params=params)
+        if extra:
+            scores, ids = self._drop_tombstones(scores, ids, k)
+        return scores, ids
+
+    def _exclusion_params(self) -> Any:
+        """Search parameters hiding tombstones, where the index honours them."""
+        if self._hnsw is None:
+            return None  # NSG and refine indexes ignore selectors: over-fetch instead
+        if self._exclusion is None:
+            dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
+            self._exclusion = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+        # A fresh parameter object per call: IndexIDMap2 rewrites its selector
+        # during a search, so sharing one between threads would race.
+        return faiss.SearchParametersHNSW(sel=self._exclusion, efSearch=self._hnsw.efSearch)
+
+    def _drop_tombstones(self, scores: Matrix, ids: Ids, k: int) -> tuple[Matrix, Ids]:
+        dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
+        out_scores = np.full((len(ids), k), np.nan, dtype=np.float32)
+        out_ids = np.full((len(ids), k), -1, dtype=np.int64)
+        for row, (row_scores, row_ids) in enumerate(zip(scores, ids, strict=True)):
+            keep = ~np.isin(row_ids, dead) & (row_ids >= 0)
+            kept = row_ids[keep][:k]
+            out_ids[row, : len(kept)] = kept
+            out_scores[row, : len(kept)] = row_scores[keep][:k]
+        return out_scores, out_ids
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _innermost(index: faiss.Index) -> faiss.Index:
+    """The index behind any chain of transforms (PCA, OPQ...)."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _layers(index: faiss.Index) -> list[faiss.Index]:
+    """The wrappers and transforms from the outside in, then the innermost index."""
+    layers = [faiss.downcast_index(index)]
+    while isinstance(layers[-1], (faiss.IndexIDMap2, faiss.IndexPreTransform)):
+        layers.append(faiss.downcast_index(layers[-1].index))
+    return layers
+
+
+def _can_remove(index: faiss.Index) -> bool:
+    # Ask FAISS: an empty removal raises exactly where removal is unsupported.
+    try:
+        index.remove_ids(np.empty(0, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _reason(exc: BaseException) -> str:
+    """The readable tail of a FAISS C++ error ("Error in <signature> at <file>:<line>: ...")."""
+    text = " ".join(str(exc).split())
+    match = _FAISS_MESSAGE.search(text)
+    return match.group(1) if match else text or type(exc).__name__

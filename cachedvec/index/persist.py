@@ -1,0 +1,376 @@
+"""An index folder on disk: native FAISS file, SQLite docstore, JSON manifest.
+
+Layout::
+
+    my-index/
+      manifest.json                  the only file read first; names the others
+      index-<token>.faiss            faiss.write_index output
+      docstore-<token>.sqlite        the documents table (see docstore.py)
+      .lock                          serialises concurrent savers
+
+Atomic swap. A save writes the two data files under fresh random names,
+fsyncs them, writes the manifest to a temporary name, fsyncs it and
+``os.replace``-s it over ``manifest.json``: the rename is the commit. A
+crash before it leaves the previous manifest, which still names the previous
+files, intact; a crash after it leaves the new one. Only then are files of
+older saves (and leftovers of crashed ones) deleted. Readers never see a
+half-written folder.
+
+Manifest (format version 1)::
+
+    {
+      "format": "cachedvec-index",
+      "format_version": 1,
+      "created": "2025-01-01T00:00:00Z",
+      "dim": 384, "metric": "cosine", "factory": "HNSW32",
+      "search": {"ef_search": 64},               # or {"nprobe": 16}, or {}
+      "fingerprint": {...} | null,               # keys.ModelFingerprint.to_dict()
+      "counts": {"documents": 1000, "vectors": 1003, "tombstones": 3},
+      "files": {
+        "index": {"name": "index-3f...faiss", "bytes": 1536045, "sha256": "..."},
+        "docstore": {"name": "docstore-3f...sqlite", "bytes": 204800, "sha256": "..."}
+      },
+      "manifest_sha256": "..."   # sha256 of the canonical JSON of all other fields
+    }
+
+Loading checks, in order: the manifest parses and its own checksum holds (any
+edit or bit flip fails), the format version is one this code reads (a newer
+one raises :class:`IndexMismatchError`), the fingerprint and dimension match
+what the caller expects (:class:`IndexMismatchError`), then each data file's
+size and sha256 before FAISS or SQLite read a byte of it. Anything else in
+the folder is ignored: nothing is unpickled, imported or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+
+from cachedvec.errors import IndexCorruptError, IndexMismatchError, VectorIndexError
+from cachedvec.index.docstore import DocStore
+from cachedvec.index.faiss_index import METRICS
+
+try:  # POSIX advisory locks; elsewhere concurrent savers are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT = "cachedvec-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_LOCK = ".lock"
+_MAX_MANIFEST_BYTES = 1 << 20
+_DATA_FILE = re.compile(r"^(index|docstore)-[0-9a-f]{16}\.(faiss|sqlite)$")
+_TEMP_MANIFEST = re.compile(r"^manifest\.json\.[0-9a-f]{16}\.tmp$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed, verified ``manifest.json`` of an index folder."""
+
+    dim: int
+    metric: str
+    factory: str
+    search: dict[str, int]
+    fingerprint: dict[str, Any] | None
+    counts: dict[str, int]
+    files: dict[str, dict[str, Any]]
+    created: str
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        body = {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "created": self.created,
+            "dim": self.dim,
+            "metric": self.metric,
+            "factory": self.factory,
+            "search": self.search,
+            "fingerprint": self.fingerprint,
+            "counts": self.counts,
+            "files": self.files,
+        }
+        body["manifest_sha256"] = _body_digest(body)
+        return body
+
+
+def save_folder(
+    path: str | os.PathLike[str],
+    *,
+    index: faiss.Index,
+    docstore: DocStore,
+    dim: int,
+    metric: str,
+    factory: str,
+    search: Mapping[str, int],
+    fingerprint: Mapping[str, Any] | None,
+    counts: Mapping[str, int],
+) -> Manifest:
+    """Write an index folder and swap it in atomically (see the module doc)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _exclusive(folder):
+            return _save_locked(
+                folder, index, docstore, dim, metric, factory, search, fingerprint, counts
+            )
+    except OSError as exc:
+        raise VectorIndexError(f"cannot save index to {folder}: {exc}") from exc
+
+
+def _save_locked(
+    folder: Path,
+    index: faiss.Index,
+    docstore: DocStore,
+    dim: int,
+    metric: str,
+    factory: str,
+    search: Mapping[str, int],
+    fingerprint: Mapping[str, Any] | None,
+    counts: Mapping[str, int],
+) -> Manifest:
+    token = secrets.token_hex(8)
+    index_file = folder / f"index-{token}.faiss"
+    docstore_file = folder / f"docstore-{token}.sqlite"
+    temp_manifest = folder / f"{MANIFEST}.{token}.tmp"
+    try:
+        faiss.write_index(index, str(index_file))
+        _fsync_file(index_file)
+        docstore.save_to(docstore_file)
+        manifest = Manifest(
+            dim=dim,
+            metric=metric,
+            factory=factory,
+            search=dict(search),
+            fingerprint=dict(fingerprint) if fingerprint is not None else None,
+            counts=dict(counts),
+            files={"index": _describe(index_file), "docstore": _describe(docstore_file)},
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        temp_manifest.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        _fsync_file(temp_manifest)
+        os.replace(temp_manifest, folder / MANIFEST)  # the commit point
+    except BaseException:
+        for leftover in (index_file, docstore_file, temp_manifest):
+            leftover.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    _remove_stale(folder, keep={index_file.name, docstore_file.name})
+    return manifest
+
+
+def load_folder(
+    path: str | os.PathLike[str],
+    *,
+    fingerprint: Mapping[str, Any] | None = None,
+    dim: int | None = None,
+) -> tuple[faiss.Index, DocStore, Manifest]:
+    """Read and verify an index folder: ``(faiss index, docstore, manifest)``."""
+    folder = Path(path)
+    # A save running meanwhile may delete the files the manifest we read
+    # names; the new manifest then names new ones, so read again.
+    for _attempt in range(3):
+        manifest = read_manifest(folder)
+        check_expectations(manifest, folder, fingerprint=fingerprint, dim=dim)
+        try:
+            return _load_files(folder, manifest)
+        except FileNotFoundError:
+            if read_manifest(folder).files == manifest.files:
+                raise IndexCorruptError(
+                    f"index folder {folder} is missing a file its manifest names"
+                ) from None
+    raise IndexCorruptError(f"index folder {folder} kept changing while being read")
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
+    """Parse and verify ``manifest.json`` (no data file is touched)."""
+    path = Path(folder) / MANIFEST
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise IndexCorruptError(f"no cachedvec index in {folder} ({MANIFEST} not found)") from None
+    except OSError as exc:
+        raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise IndexCorruptError(f"{path} is larger than any manifest cachedvec writes")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is not valid JSON ({exc})") from exc
+    return _parse_manifest(data, path)
+
+
+def check_expectations(
+    manifest: Manifest,
+    folder: str | os.PathLike[str],
+    *,
+    fingerprint: Mapping[str, Any] | None,
+    dim: int | None,
+) -> None:
+    """Refuse an index built for another model or dimension."""
+    if dim is not None and manifest.dim != dim:
+        raise IndexMismatchError(
+            f"index {folder} holds {manifest.dim}-d vectors, the embeddings give {dim}-d"
+        )
+    if fingerprint is not None and manifest.fingerprint is not None:
+        if dict(fingerprint) != manifest.fingerprint:
+            raise IndexMismatchError(
+                f"index {folder} was built by model {manifest.fingerprint.get('model')!r} "
+                f"({_short(manifest.fingerprint)}), not by {fingerprint.get('model')!r} "
+                f"({_short(fingerprint)}); rebuild it with `cachedvec reindex --model`"
+            )
+
+
+def _load_files(folder: Path, manifest: Manifest) -> tuple[faiss.Index, DocStore, Manifest]:
+    # Our saves never rewrite a data file in place (each save uses new
+    # names), so a file verified here is the file FAISS reads next.
+    index_entry = manifest.files["index"]
+    _verify_file(folder, index_entry)
+    try:
+        index = faiss.read_index(str(folder / index_entry["name"]))
+    except RuntimeError as exc:
+        raise IndexCorruptError(f"FAISS cannot read the index in {folder}: {exc}") from exc
+    docstore_entry = manifest.files["docstore"]
+    _verify_file(folder, docstore_entry)
+    docstore = DocStore.open_copy(folder / docstore_entry["name"])
+    return index, docstore, manifest
+
+
+def _parse_manifest(data: Any, path: Path) -> Manifest:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise IndexCorruptError(f"{path} is not a cachedvec index manifest")
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"{path} has format version {version}; this cachedvec reads up to "
+            f"{FORMAT_VERSION}: upgrade cachedvec to open it"
+        )
+    body = {key: value for key, value in data.items() if key != "manifest_sha256"}
+    if data.get("manifest_sha256") != _body_digest(body):
+        raise IndexCorruptError(f"{path} fails its checksum: it was edited or damaged")
+    try:
+        manifest = Manifest(
+            dim=_int(data["dim"], 1),
+            metric=data["metric"],
+            factory=data["factory"],
+            search={str(key): _int(value, 1) for key, value in data["search"].items()},
+            fingerprint=data["fingerprint"],
+            counts={name: _int(data["counts"][name], 0) for name in _COUNTS},
+            files={role: _file_entry(data["files"][role]) for role in ("index", "docstore")},
+            created=str(data["created"]),
+            format_version=_int(version, 1),
+        )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is malformed: {exc!r}") from exc
+    if manifest.metric not in METRICS or not isinstance(manifest.factory, str):
+        raise IndexCorruptError(f"{path} names an unknown metric or factory")
+    if manifest.fingerprint is not None and not isinstance(manifest.fingerprint, dict):
+        raise IndexCorruptError(f"{path} has a malformed fingerprint")
+    return manifest
+
+
+_COUNTS = ("documents", "vectors", "tombstones")
+
+
+def _file_entry(entry: Any) -> dict[str, Any]:
+    name, size, digest = entry["name"], entry["bytes"], entry["sha256"]
+    # Only our own file names: a manifest must not point outside its folder.
+    if not isinstance(name, str) or not _DATA_FILE.match(name):
+        raise ValueError(f"bad data file name {name!r}")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ValueError(f"bad sha256 {digest!r}")
+    return {"name": name, "bytes": _int(size, 0), "sha256": digest}
+
+
+def _int(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _body_digest(body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _short(fingerprint: Mapping[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(dict(fingerprint), sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()[:16]
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    size, digest = _digest_file(path)
+    return {"name": path.name, "bytes": size, "sha256": digest}
+
+
+def _digest_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _verify_file(folder: Path, entry: Mapping[str, Any]) -> None:
+    path = folder / entry["name"]
+    _check(path, entry, *_digest_file(path))
+
+
+def _check(path: Path, entry: Mapping[str, Any], size: int, digest: str) -> None:
+    if size != entry["bytes"]:
+        raise IndexCorruptError(f"{path} has {size} bytes, its manifest says {entry['bytes']}")
+    if digest != entry["sha256"]:
+        raise IndexCorruptError(f"{path} fails its sha256 checksum: the file is damaged")
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(folder / _LOCK, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    for entry in folder.iterdir():
+        name = entry.name
+        if name in keep:
+            continue
+        if _DATA_FILE.match(name) or _TEMP_MANIFEST.match(name):
+            entry.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

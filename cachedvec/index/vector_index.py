@@ -1,0 +1,663 @@
+"""A FAISS index and its SQLite docstore, kept in step as one object.
+
+Every change runs in one docstore transaction that also covers the FAISS
+call: rows are written first, FAISS second, and if FAISS fails the rows roll
+back (and any vectors it took are taken out again), so the two never
+disagree. Vector ids come from a counter that only grows, so an id is never
+reused, not even one rolled back or tombstoned.
+
+Upsert: adding an id that exists replaces it: the new vector gets a new
+vector id and the old one is removed (or tombstoned) in the same step.
+
+Filtered search over-fetches: it asks FAISS for more candidates than ``k``,
+keeps those whose metadata match, and grows the request from the observed
+match rate until ``k`` match. When a filter is so selective that this would
+mean scanning a large part of the index anyway, it evaluates the filter on
+every document and scores the matches exactly. Either way ``k`` results
+come back whenever ``k`` documents match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cachedvec.errors import ConfigError, IndexCorruptError
+from cachedvec.index import persist
+from cachedvec.index.docstore import DocStore, Record
+from cachedvec.index.faiss_index import FaissIndex, Ids, Matrix
+from cachedvec.index.filters import Filter, Predicate, compile_filter
+from cachedvec.index.mmr import mmr_select
+from cachedvec.index.rwlock import ReadWriteLock
+from cachedvec.keys import ModelFingerprint
+
+_EXACT_CHUNK = 16_384
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score``: similarity (cosine, ip) or squared distance (l2)."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    score: float
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What a delete did: ids removed, and ids that were not there (a no-op)."""
+
+    deleted: list[str]
+    missing: list[str]
+
+
+class VectorIndex:
+    """Vectors in FAISS, documents in SQLite, one consistent whole.
+
+    ``metric`` is ``"cosine"`` (default), ``"ip"`` or ``"l2"``; ``factory``
+    any FAISS factory string (``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``,
+    ``"OPQ16,IVF1024,PQ16"``...). Indexes that need training are trained on
+    the first batch added (or call :meth:`train` with a sample first).
+    ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        metric: str = "cosine",
+        factory: str = "Flat",
+        fingerprint: ModelFingerprint | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> None:
+        self._faiss = FaissIndex(dim, metric, factory, ef_search=ef_search, nprobe=nprobe)
+        self._docs = DocStore()
+        self._count = 0
+        self._next_vector_id = 0
+        self.fingerprint = fingerprint
+        self._lock = ReadWriteLock()
+
+    # -- properties --------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._faiss.dim
+
+    @property
+    def metric(self) -> str:
+        return self._faiss.metric
+
+    @property
+    def factory(self) -> str:
+        return self._faiss.factory
+
+    @property
+    def ef_search(self) -> int | None:
+        return self._faiss.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._faiss.ef_search = value
+
+    @property
+    def nprobe(self) -> int | None:
+        return self._faiss.nprobe
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self._faiss.nprobe = value
+
+    @property
+    def tombstones(self) -> int:
+        """Deleted vectors still inside a graph index; :meth:`compact` drops them."""
+        return self._faiss.tombstones
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return (
+            f"VectorIndex(dim={self.dim}, metric={self.metric!r}, factory={self.factory!r}, "
+            f"documents={self._count})"
+        )
+
+    # -- writes ------------------------------------------------------------------
+
+    def train(self, vectors: npt.ArrayLike) -> None:
+        """Train IVF/PQ/transforms on a sample, before the first add."""
+        matrix = self._faiss.prepare(vectors)
+        with self._lock.write():
+            self._faiss.train(matrix)
+
+    def add(
+        self,
+        vectors: npt.ArrayLike,
+        texts: Sequence[str],
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        *,
+        ids: Sequence[str | None] | None = None,
+        cache_keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Add or replace documents with their vectors; returns their ids.
+
+        Ids that exist are replaced (upsert); missing ids (``None``) get a
+        random UUID. On any error nothing changes.
+        """
+        texts = list(texts)
+        n = len(texts)
+        matrix = self._faiss.prepare(vectors)
+        if len(matrix) != n:
+            raise ConfigError(f"got {len(matrix)} vectors for {n} texts")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ConfigError(f"texts[{i}] is {type(text).__name__}, expected str")
+        metadata_list = [m or {} for m in _same_length("metadatas", metadatas, n, default={})]
+        key_list = _same_length("cache_keys", cache_keys, n, default=None)
+        id_list = _document_ids(ids, n)
+        if n == 0:
+            return []
+        with self._lock.write():
+            if not self._faiss.is_trained:
+                self._faiss.train(matrix)
+            new_ids = np.arange(self._next_vector_id, self._next_vector_id + n, dtype=np.int64)
+            self._next_vector_id += n
+            with self._docs.transaction():
+                replaced = self._docs.vector_ids_of(id_list)
+                old_ids = np.fromiter(replaced.values(), dtype=np.int64, count=len(replaced))
+                self._docs.delete(old_ids)
+                self._docs.insert(new_ids, id_list, texts, metadata_list, key_list)
+                self._faiss.add(matrix, new_ids)  # on error FAISS holds none of them
+                try:
+                    self._faiss.remove(old_ids)
+                except BaseException:
+                    self._forget(new_ids)
+                    raise
+            self._count += n - len(replaced)
+        return id_list
+
+    def delete(self, ids: Sequence[str]) -> DeleteResult:
+        """Delete documents by id; ids not present are reported, not an error."""
+        wanted = list(dict.fromkeys(_check_id(i, p) for p, i in enumerate(ids)))
+        with self._lock.write():
+            found = self._docs.vector_ids_of(wanted)
+            if found:
+                vector_ids = np.fromiter(found.values(), dtype=np.int64, count=len(found))
+                with self._docs.transaction():
+                    self._docs.delete(vector_ids)
+                    self._faiss.remove(vector_ids)
+                self._count -= len(found)
+        return DeleteResult(
+            deleted=[i for i in wanted if i in found],
+            missing=[i for i in wanted if i not in found],
+        )
+
+    def delete_sources(self, sources: Sequence[str]) -> DeleteResult:
+        """Delete every document whose metadata ``source`` is one of ``sources``."""
+        with self._lock.read():
+            ids = self._docs.ids_of_sources(sources)
+        return self.delete(ids)
+
+    def compact(self) -> None:
+        """Rebuild FAISS without tombstones (graph indexes); same factory, same ids."""
+        self.rebuild()
+
+    def rebuild(
+        self,
+        *,
+        factory: str | None = None,
+        metric: str | None = None,
+        vectors: npt.ArrayLike | None = None,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> None:
+        """Build a fresh FAISS index over the documents, and swap it in.
+
+        ``vectors`` (one row per document, in :meth:`records` order) comes
+        from the cache when re-indexing; without it the vectors are read back
+        from the current index, which is exact for flat, HNSW and IVF-Flat
+        storage but lossy for PQ. IVF/PQ are trained on these vectors. On any
+        error the current index stays.
+        """
+        with self._lock.write():
+            vector_ids = self._docs.vector_ids()
+            fresh = FaissIndex(
+                self.dim,
+                metric or self.metric,
+                factory or self.factory,
+                ef_search=ef_search,
+                nprobe=nprobe,
+            )
+            if vectors is None:
+                matrix = self._faiss.reconstruct(vector_ids)
+            else:
+                matrix = np.asarray(vectors)
+                if len(matrix) != len(vector_ids):
+                    raise ConfigError(
+                        f"rebuild got {len(matrix)} vectors for {len(vector_ids)} documents"
+                    )
+            matrix = fresh.prepare(matrix)
+            if len(matrix):
+                fresh.train(matrix)
+                fresh.add(matrix, vector_ids)
+            self._faiss = fresh
+
+    def clear(self) -> None:
+        """Delete every document."""
+        with self._lock.write():
+            fresh = FaissIndex(
+                self.dim,
+                self.metric,
+                self.factory,
+                ef_search=self._faiss.ef_search,
+                nprobe=self._faiss.nprobe,
+            )
+            with self._docs.transaction():
+                self._docs.clear()
+            self._faiss = fresh
+            self._count = 0
+
+    def _forget(self, vector_ids: Ids) -> None:
+        # Best effort on the error path: the original error is what matters.
+        with suppress(Exception):
+            self._faiss.remove(vector_ids)
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str]) -> list[Record]:
+        """Records of the ids that exist, in the order asked (each once)."""
+        with self._lock.read():
+            return self._docs.records(list(ids))
+
+    def get_vectors(self, ids: Sequence[str]) -> tuple[Matrix, list[int]]:
+        """``(vectors of the ids found, positions of the ids not found)``.
+
+        Vectors are as stored: normalised for cosine, decoded for PQ.
+        """
+        with self._lock.read():
+            found = self._docs.vector_ids_of(list(ids))
+            positions = [p for p, i in enumerate(ids) if i in found]
+            vector_ids = np.array([found[ids[p]] for p in positions], dtype=np.int64)
+            matrix = self._faiss.reconstruct(vector_ids)
+        missing = [p for p, i in enumerate(ids) if i not in found]
+        return matrix, missing
+
+    def records(self) -> Iterator[Record]:
+        """Every record, in vector id order (the order :meth:`rebuild` expects).
+
+        Streamed in batches, so a change made while iterating may or may not
+        show; re-indexing jobs iterate while nothing else writes.
+        """
+        return self._docs.iter_records()
+
+    def sources(self) -> list[str]:
+        """Distinct metadata ``source`` values."""
+        with self._lock.read():
+            return self._docs.sources()
+
+    # -- search -------------------------------------------------------------------
+
+    def search(
+        self,
+        query: npt.ArrayLike,
+        k: int = 4,
+        *,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        fetch_k: int | None = None,
+    ) -> list[Hit]:
+        """The ``k`` nearest documents to one query vector, closest first."""
+        matrix = self._faiss.prepare(query, "query")
+        if len(matrix) != 1:
+            raise ConfigError(f"search takes one query vector, got {len(matrix)}")
+        return self._search(matrix, k, filter, score_threshold, fetch_k)[0]
+
+    def search_batch(
+        self,
+        queries: npt.ArrayLike,
+        k: int = 4,
+        *,
+        filter: Filter | None = None,
+        score_threshold: float | None = None,
+        fetch_k: int | None = None,
+    ) -> list[list[Hit]]:
+        """One result list per query row, computed in one FAISS call."""
+        matrix = self._faiss.prepare(queries, "queries")
+        return self._search(matrix, k, filter, score_threshold, fetch_k)
+
+    def mmr_search(
+        self,
+        query: npt.ArrayLike,
+        k: int = 4,
+        *,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: Filter | None = None,
+    ) -> list[Hit]:
+        """Maximal marginal relevance over the ``fetch_k`` nearest matches."""
+        _check_k(k)
+        fetch_k = max(_check_k(fetch_k, "fetch_k"), k)
+        if not 0.0 <= lambda_mult <= 1.0:
+            raise ConfigError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
+        predicate = compile_filter(filter)
+        matrix = self._faiss.prepare(query, "query")
+        if len(matrix) != 1:
+            raise ConfigError(f"mmr_search takes one query vector, got {len(matrix)}")
+        with self._lock.read():
+            scores, vector_ids = self._candidates(matrix, fetch_k, predicate, None)
+            valid = vector_ids[0] >= 0
+            vector_ids, scores = vector_ids[:, valid], scores[:, valid]
+            picks = mmr_select(matrix[0], self._faiss.reconstruct(vector_ids[0]), k, lambda_mult)
+            return self._hits(scores[:, picks], vector_ids[:, picks], None)[0]
+
+    def _search(
+        self,
+        matrix: Matrix,
+        k: int,
+        filter: Filter | None,
+        score_threshold: float | None,
+        fetch_k: int | None,
+    ) -> list[list[Hit]]:
+        _check_k(k)
+        predicate = compile_filter(filter)
+        if fetch_k is not None:
+            _check_k(fetch_k, "fetch_k")
+        with self._lock.read():
+            scores, vector_ids = self._candidates(matrix, k, predicate, fetch_k)
+            return self._hits(scores, vector_ids, score_threshold)
+
+    def _candidates(
+        self, matrix: Matrix, k: int, predicate: Predicate | None, fetch_k: int | None
+    ) -> tuple[Matrix, Ids]:
+        """Top-k ``(scores, vector ids)`` per query, -1 padded; under the read lock."""
+        if self._count == 0:
+            empty = np.empty((len(matrix), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        if predicate is None:
+            return self._unfiltered(matrix, min(k, self._count))
+        return self._filtered(matrix, k, predicate, fetch_k)
+
+    def _unfiltered(self, matrix: Matrix, k: int) -> tuple[Matrix, Ids]:
+        scores, ids = self._faiss.search(matrix, k)
+        # A graph walk among many tombstones, or IVF probes over short lists,
+        # can come back with fewer than k: score those queries exactly.
+        short = np.flatnonzero((ids < 0).any(axis=1))
+        if len(short):
+            scores[short], ids[short] = self._exact(matrix[short], k, self._docs.vector_ids())
+        return scores, ids
+
+    def _filtered(
+        self, matrix: Matrix, k: int, predicate: Predicate, fetch_k: int | None
+    ) -> tuple[Matrix, Ids]:
+        live = self._count
+        out_scores = np.full((len(matrix), k), np.nan, dtype=np.float32)
+        out_ids = np.full((len(matrix), k), -1, dtype=np.int64)
+        verdicts: dict[int, bool] = {}
+        pending = np.arange(len(matrix))
+        fetch = min(live, max(fetch_k or 0, 4 * k, 20))
+        # Past this many candidates, testing every document's metadata once
+        # costs about as much as another round, and is exact.
+        scan_limit = max(4 * k, live // 8)
+        while True:
+            scores, ids = self._faiss.search(matrix[pending], fetch)
+            self._judge(ids, predicate, verdicts)
+            matched_total = seen_total = 0
+            still = []
+            for row, query in enumerate(pending):
+                keep = [j for j, v in enumerate(ids[row]) if v >= 0 and verdicts[int(v)]][:k]
+                seen_total += int((ids[row] >= 0).sum())
+                matched_total += len(keep)
+                if len(keep) == k or (fetch >= live and _saw_everything(ids[row])):
+                    out_ids[query, : len(keep)] = ids[row, keep]
+                    out_scores[query, : len(keep)] = scores[row, keep]
+                else:
+                    still.append(query)
+            pending = np.array(still, dtype=np.int64)
+            if len(pending) == 0:
+                return out_scores, out_ids
+            if fetch >= live:  # asked for every vector and still short: go exact
+                break
+            rate = max(matched_total, 1) / max(seen_total, 1)
+            fetch = min(live, max(2 * fetch, math.ceil(1.5 * k / rate)))
+            if fetch > scan_limit:
+                break
+        scores, ids = self._exact(matrix[pending], k, self._matching(predicate))
+        out_scores[pending, : ids.shape[1]] = scores
+        out_ids[pending, : ids.shape[1]] = ids
+        return out_scores, out_ids
+
+    def _judge(self, ids: Ids, predicate: Predicate, verdicts: dict[int, bool]) -> None:
+        unknown = [int(v) for v in np.unique(ids) if v >= 0 and int(v) not in verdicts]
+        if not unknown:
+            return
+        metadata = self._docs.metadata_of(unknown)
+        for vector_id in unknown:
+            text = metadata.get(vector_id)
+            verdicts[vector_id] = text is not None and predicate(json.loads(text))
+
+    def _matching(self, predicate: Predicate) -> Ids:
+        """Vector ids of every document whose metadata passes the filter."""
+        return np.array(
+            [
+                vector_id
+                for batch in self._docs.iter_metadata()
+                for vector_id, text in batch
+                if predicate(json.loads(text))
+            ],
+            dtype=np.int64,
+        )
+
+    def _exact(self, queries: Matrix, k: int, candidates: Ids) -> tuple[Matrix, Ids]:
+        """Brute-force top-k of ``queries`` among ``candidates``, -1 padded to k."""
+        best_scores = np.empty((len(queries), 0), dtype=np.float32)
+        best_ids = np.empty((len(queries), 0), dtype=np.int64)
+        closer_is_lower = self.metric == "l2"
+        for start in range(0, len(candidates), _EXACT_CHUNK):
+            chunk_ids = candidates[start : start + _EXACT_CHUNK]
+            vectors = self._faiss.reconstruct(chunk_ids)
+            if closer_is_lower:
+                chunk = (
+                    (queries**2).sum(1)[:, None]
+                    - 2 * queries @ vectors.T
+                    + (vectors**2).sum(1)[None, :]
+                )
+            else:
+                chunk = queries @ vectors.T
+            scores = np.concatenate([best_scores, chunk.astype(np.float32)], axis=1)
+            ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, chunk.shape)], axis=1)
+            order = np.argsort(scores if closer_is_lower else -scores, axis=1, kind="stable")
+            order = order[:, :k]
+            best_scores = np.take_along_axis(scores, order, axis=1)
+            best_ids = np.take_along_axis(ids, order, axis=1)
+        missing = k - best_ids.shape[1]
+        if missing > 0:
+            best_scores = np.pad(best_scores, ((0, 0), (0, missing)), constant_values=np.nan)
+            best_ids = np.pad(best_ids, ((0, 0), (0, missing)), constant_values=-1)
+        return best_scores, best_ids
+
+    def _hits(
+        self, scores: Matrix, vector_ids: Ids, score_threshold: float | None
+    ) -> list[list[Hit]]:
+        found = vector_ids[vector_ids >= 0]
+        rows = self._docs.hits(np.unique(found).tolist()) if found.size else {}
+        lower_is_closer = self.metric == "l2"
+        results = []
+        for row_scores, row_ids in zip(scores.tolist(), vector_ids.tolist(), strict=True):
+            hits = []
+            for score, vector_id in zip(row_scores, row_ids, strict=True):
+                if vector_id < 0:
+                    continue
+                if score_threshold is not None and (
+                    score > score_threshold if lower_is_closer else score < score_threshold
+                ):
+                    continue
+                row = rows.get(vector_id)
+                if row is None:  # cannot happen while FAISS and docstore agree
+                    continue
+                doc_id, text, metadata = row
+                hits.append(Hit(doc_id, text, json.loads(metadata), score))
+            results.append(hits)
+        return results
+
+    # -- files ---------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> persist.Manifest:
+        """Write the folder (FAISS file, SQLite, manifest) and swap it in atomically."""
+        with self._lock.read():
+            faiss_index = self._faiss
+            return persist.save_folder(
+                path,
+                index=faiss_index.faiss_index,
+                docstore=self._docs,
+                dim=self.dim,
+                metric=self.metric,
+                factory=self.factory,
+                search=_search_settings(faiss_index),
+                fingerprint=self.fingerprint.to_dict() if self.fingerprint else None,
+                counts={
+                    "documents": self._count,
+                    "vectors": faiss_index.ntotal,
+                    "tombstones": faiss_index.tombstones,
+                },
+            )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fingerprint: ModelFingerprint | None = None,
+        dim: int | None = None,
+    ) -> VectorIndex:
+        """Open a saved folder, verified; refuses another model or dimension.
+
+        Raises :class:`IndexCorruptError` for a damaged folder and
+        :class:`IndexMismatchError` for one built by another model, another
+        dimension, or a newer cachedvec.
+        """
+        index, docstore, manifest = persist.load_folder(
+            path, fingerprint=fingerprint.to_dict() if fingerprint else None, dim=dim
+        )
+        try:
+            return cls._adopt(index, docstore, manifest, path)
+        except BaseException:
+            docstore.close()
+            raise
+
+    @classmethod
+    def _adopt(
+        cls, index: Any, docstore: DocStore, manifest: persist.Manifest, path: Any
+    ) -> VectorIndex:
+        search = manifest.search
+        try:
+            faiss_index = FaissIndex.from_faiss(
+                index,
+                manifest.metric,
+                manifest.factory,
+                ef_search=search.get("ef_search"),
+                nprobe=search.get("nprobe"),
+            )
+        except ConfigError as exc:
+            raise IndexCorruptError(f"index {path} does not match its manifest: {exc}") from exc
+        if faiss_index.dim != manifest.dim:
+            raise IndexCorruptError(
+                f"index {path}: FAISS holds {faiss_index.dim}-d vectors, manifest says "
+                f"{manifest.dim}"
+            )
+        stored = faiss_index.stored_ids()
+        live = docstore.vector_ids()
+        counts = manifest.counts
+        if (
+            len(stored) != counts["vectors"]
+            or len(live) != counts["documents"]
+            or not np.isin(live, stored).all()
+        ):
+            raise IndexCorruptError(f"index {path}: FAISS and docstore disagree on ids")
+        dead = np.setdiff1d(stored, live)
+        if len(dead) != counts["tombstones"] or (len(dead) and faiss_index.removes_for_real):
+            raise IndexCorruptError(f"index {path}: unexpected vectors without documents")
+        faiss_index.remove(dead)
+        opened = cls.__new__(cls)
+        opened._faiss = faiss_index
+        opened._docs = docstore
+        opened._count = len(live)
+        opened._next_vector_id = int(max(stored.max(initial=-1), live.max(initial=-1))) + 1
+        opened.fingerprint = (
+            ModelFingerprint.from_dict(manifest.fingerprint) if manifest.fingerprint else None
+        )
+        opened._lock = ReadWriteLock()
+        return opened
+
+    def close(self) -> None:
+        """Release the docstore; the object is unusable afterwards."""
+        self._docs.close()
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _saw_everything(row_ids: Ids) -> bool:
+    # A search asking for every vector saw them all only if no slot came back
+    # empty (IVF probes and HNSW graphs can miss some).
+    return bool((row_ids >= 0).all())
+
+
+def _search_settings(faiss_index: FaissIndex) -> dict[str, int]:
+    settings = {}
+    if faiss_index.ef_search is not None:
+        settings["ef_search"] = faiss_index.ef_search
+    if faiss_index.nprobe is not None:
+        settings["nprobe"] = faiss_index.nprobe
+    return settings
+
+
+def _check_k(k: Any, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _check_id(value: Any, position: int) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"ids[{position}] is {type(value).__name__}, expected str")
+    return value
+
+
+def _random_ids(n: int) -> list[str]:
+    """``n`` random 128-bit ids as 32 hex digits (uuid4().hex costs 5x more)."""
+    digits = os.urandom(16 * n).hex()
+    return [digits[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+def _document_ids(ids: Sequence[str | None] | None, n: int) -> list[str]:
+    if ids is None:
+        return _random_ids(n)
+    if len(ids) != n:
+        raise ConfigError(f"got {len(ids)} ids for {n} texts")
+    fresh = iter(_random_ids(sum(i is None for i in ids)))
+    chosen = [next(fresh) if i is None else _check_id(i, p) for p, i in enumerate(ids)]
+    if len(set(chosen)) != n:
+        repeated = sorted({i for i in chosen if chosen.count(i) > 1})[:5]
+        raise ConfigError(f"ids repeat within one call: {repeated}")
+    return chosen
+
+
+def _same_length(name: str, values: Sequence[Any] | None, n: int, default: Any) -> list[Any]:
+    if values is None:
+        return [default] * n
+    values = list(values)
+    if len(values) != n:
+        raise ConfigError(f"got {len(values)} {name} for {n} texts")
+    return values
