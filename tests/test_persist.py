@@ -83,9 +83,7 @@ def file_of(folder: Path, role: str) -> Path:
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat", "PQ4np", "PCA8,HNSW16"])
-def test_round_trip_keeps_results_ids_tombstones_and_settings(
-    factory: str, tmp_path: Path
-) -> None:
+def test_round_trip_keeps_results_ids_tombstones_and_settings(factory: str, tmp_path: Path) -> None:
     index = make_index(factory)
     index.delete([f"d{i}" for i in range(0, 300, 3)])
     queries = vectors(10, seed=1)

@@ -1,0 +1,466 @@
+"""``CachedVectorStore``: LangChain's ``VectorStore`` over a :class:`VectorIndex`.
+
+A drop-in for ``langchain_community.vectorstores.FAISS`` without its
+defects: no pickle on disk, deletes that are correct for every index type,
+upserts that cannot leave an orphan vector, filters that return ``k``
+results whenever ``k`` documents match, and a batch search.
+
+With a :class:`cachedvec.CachedEmbeddings` the store takes numpy arrays
+straight from the cache (``embed_documents_array``) and records each text's
+cache key in the docstore, so ``cachedvec reindex`` can rebuild the index
+without the model. Any other LangChain ``Embeddings`` works too; its lists
+of floats are converted once.
+
+Scores. ``similarity_search_with_score`` returns the index's raw score:
+cosine similarity (``metric="cosine"``, the default), inner product
+(``"ip"``), or squared Euclidean distance (``"l2"``, lower is closer, as
+LangChain's FAISS reports it). Relevance scores (``..._with_relevance_scores``)
+are on one scale for all three: the cosine similarity of unit-length
+embeddings (for l2, ``1 - d²/2``), clipped to ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.runnables.config import run_in_executor
+from langchain_core.vectorstores import VectorStore
+
+from cachedvec.errors import ConfigError
+from cachedvec.index import Filter, Hit, Manifest, VectorIndex
+from cachedvec.index.faiss_index import check_metric
+from cachedvec.keys import ModelFingerprint
+
+logger = logging.getLogger(__name__)
+
+_SEARCH_OPTIONS = frozenset({"filter", "score_threshold", "fetch_k"})
+_MMR_OPTIONS = frozenset({"filter"})
+
+
+class CachedVectorStore(VectorStore):
+    """A LangChain vector store backed by FAISS and a SQLite docstore.
+
+    Args:
+        embedding: a :class:`cachedvec.CachedEmbeddings` (recommended) or any
+            LangChain ``Embeddings``.
+        metric: ``"cosine"`` (default), ``"ip"`` or ``"l2"``.
+        factory: a FAISS factory string: ``"Flat"`` (exact, default),
+            ``"HNSW32"``, ``"IVF1024,Flat"``, ``"OPQ16,IVF1024,PQ16"``...
+        ef_search, nprobe: search-time accuracy of HNSW and IVF indexes.
+        dim: the vector dimension, when the embeddings do not tell it; the
+            index is otherwise created on the first add.
+        index: an existing :class:`VectorIndex` to wrap (see :meth:`load`).
+    """
+
+    def __init__(
+        self,
+        embedding: Embeddings,
+        *,
+        metric: str = "cosine",
+        factory: str = "Flat",
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        dim: int | None = None,
+        index: VectorIndex | None = None,
+    ) -> None:
+        self._embedding = embedding
+        self._options: dict[str, Any] = {
+            "metric": check_metric(metric),
+            "factory": factory,
+            "ef_search": ef_search,
+            "nprobe": nprobe,
+        }
+        self._index = index
+        known_dim = dim if dim is not None else getattr(embedding, "dim", None)
+        # With the dimension known the factory string is checked now; otherwise
+        # on the first add (a factory's validity depends on the dimension).
+        if index is None and isinstance(known_dim, int) and not isinstance(known_dim, bool):
+            self._index = self._new_index(known_dim)
+        elif index is not None and dim is not None and dim != index.dim:
+            raise ConfigError(f"dim={dim} but the index holds {index.dim}-d vectors")
+
+    def _new_index(self, dim: int) -> VectorIndex:
+        fingerprint = getattr(self._embedding, "fingerprint", None)
+        return VectorIndex(
+            dim,
+            fingerprint=fingerprint if isinstance(fingerprint, ModelFingerprint) else None,
+            **self._options,
+        )
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embedding
+
+    @property
+    def index(self) -> VectorIndex | None:
+        """The underlying :class:`VectorIndex` (``None`` until the first vectors)."""
+        return self._index
+
+    def __len__(self) -> int:
+        return len(self._index) if self._index is not None else 0
+
+    # -- embedding ------------------------------------------------------------------
+
+    def _embed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        as_array = getattr(self._embedding, "embed_documents_array", None)
+        if as_array is not None:
+            return np.asarray(as_array(texts), dtype=np.float32)
+        return np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
+
+    async def _aembed_texts(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        as_array = getattr(self._embedding, "aembed_documents_array", None)
+        if as_array is not None:
+            return np.asarray(await as_array(texts), dtype=np.float32)
+        return np.asarray(await self._embedding.aembed_documents(texts), dtype=np.float32)
+
+    def _embed_query(self, text: str) -> npt.NDArray[np.float32]:
+        as_array = getattr(self._embedding, "embed_query_array", None)
+        if as_array is not None:
+            return np.asarray(as_array(text), dtype=np.float32)
+        return np.asarray(self._embedding.embed_query(text), dtype=np.float32)
+
+    async def _aembed_query(self, text: str) -> npt.NDArray[np.float32]:
+        as_array = getattr(self._embedding, "aembed_query_array", None)
+        if as_array is not None:
+            return np.asarray(await as_array(text), dtype=np.float32)
+        return np.asarray(await self._embedding.aembed_query(text), dtype=np.float32)
+
+    def _cache_keys(self, texts: list[str]) -> list[str] | None:
+        keys_of = getattr(self._embedding, "document_keys", None)
+        return list(keys_of(texts)) if keys_of is not None else None
+
+    # -- writes -----------------------------------------------------------------------
+
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed and add texts; an id that exists is replaced (upsert)."""
+        _no_extra(kwargs, frozenset(), "add_texts")
+        texts = list(texts)
+        if not texts:
+            return []
+        return self.add_vectors(
+            texts, self._embed_texts(texts), metadatas, ids=ids, cache_keys=self._cache_keys(texts)
+        )
+
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        _no_extra(kwargs, frozenset(), "aadd_texts")
+        texts = list(texts)
+        if not texts:
+            return []
+        vectors = await self._aembed_texts(texts)
+        keys = self._cache_keys(texts)
+        return await run_in_executor(
+            None, self.add_vectors, texts, vectors, metadatas, ids=ids, cache_keys=keys
+        )
+
+    def add_vectors(
+        self,
+        texts: Sequence[str],
+        vectors: npt.ArrayLike,
+        metadatas: Sequence[dict[str, Any]] | None = None,
+        *,
+        ids: Sequence[str | None] | None = None,
+        cache_keys: Sequence[str | None] | None = None,
+    ) -> list[str]:
+        """Add texts whose vectors are already computed (no embedding call)."""
+        if len(texts) == 0:
+            return []
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if self._index is None:
+            if matrix.ndim != 2:
+                raise ConfigError(f"vectors must be a 2-d array, got shape {matrix.shape}")
+            self._index = self._new_index(matrix.shape[1])
+        return self._index.add(matrix, texts, metadatas, ids=ids, cache_keys=cache_keys)
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:
+        """Delete by id. Returns ``False`` if some ids were not there (a no-op for them).
+
+        ``index.delete(ids)`` returns the full report (deleted and missing ids).
+        """
+        _no_extra(kwargs, frozenset(), "delete")
+        if ids is None:
+            raise ConfigError("delete needs the ids to delete")
+        if self._index is None:
+            return not ids
+        result = self._index.delete(ids)
+        if result.missing:
+            logger.debug("delete: %d ids were not in the store", len(result.missing))
+        return not result.missing
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """Documents of the ids that exist, in the order asked, each once."""
+        if self._index is None:
+            return []
+        return [Document(r.text, metadata=r.metadata, id=r.id) for r in self._index.get(ids)]
+
+    # -- search -----------------------------------------------------------------------
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        """Documents and raw scores (see the module doc) for a text query.
+
+        Keyword options: ``score_threshold`` (on the raw score) and
+        ``fetch_k`` (first candidate count when filtering).
+        """
+        _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
+        if self._index is None:
+            return []
+        return self.similarity_search_with_score_by_vector(
+            self._embed_query(query), k, filter, **kwargs
+        )
+
+    def similarity_search_by_vector(
+        self, embedding: Sequence[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [
+            doc
+            for doc, _ in self.similarity_search_with_score_by_vector(
+                embedding, k, filter, **kwargs
+            )
+        ]
+
+    def similarity_search_with_score_by_vector(
+        self,
+        embedding: Sequence[float] | npt.NDArray[np.float32],
+        k: int = 4,
+        filter: Filter | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[Document, float]]:
+        """The fast path: one query vector, one FAISS call, one SQLite query."""
+        _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
+        if self._index is None:
+            return []
+        hits = self._index.search(embedding, k, filter=filter, **kwargs)
+        return [(_document(hit), hit.score) for hit in hits]
+
+    def similarity_search_by_vectors(
+        self,
+        vectors: npt.ArrayLike,
+        k: int = 4,
+        filter: Filter | None = None,
+        **kwargs: Any,
+    ) -> list[list[Document]]:
+        """Batch search: one list of documents per query vector, in one FAISS call."""
+        return [
+            [doc for doc, _ in row]
+            for row in self.similarity_search_with_score_by_vectors(vectors, k, filter, **kwargs)
+        ]
+
+    def similarity_search_with_score_by_vectors(
+        self,
+        vectors: npt.ArrayLike,
+        k: int = 4,
+        filter: Filter | None = None,
+        **kwargs: Any,
+    ) -> list[list[tuple[Document, float]]]:
+        _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search_by_vectors")
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if self._index is None:
+            return [[] for _ in range(len(matrix))]
+        rows = self._index.search_batch(matrix, k, filter=filter, **kwargs)
+        return [[(_document(hit), hit.score) for hit in hits] for hits in rows]
+
+    def max_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """Diverse results: MMR over the ``fetch_k`` nearest (filtered) documents."""
+        _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
+        if self._index is None:
+            return []
+        return self.max_marginal_relevance_search_by_vector(
+            self._embed_query(query), k, fetch_k, lambda_mult, **kwargs
+        )
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: Sequence[float] | npt.NDArray[np.float32],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
+        if self._index is None:
+            return []
+        hits = self._index.mmr_search(
+            embedding, k, fetch_k=fetch_k, lambda_mult=lambda_mult, filter=kwargs.get("filter")
+        )
+        return [_document(hit) for hit in hits]
+
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
+        return _l2_relevance if self._options["metric"] == "l2" else _similarity_relevance
+
+    # -- async twins (embedding awaited natively, index work in a thread) --------------
+
+    async def asimilarity_search(
+        self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[Document]:
+        pairs = await self.asimilarity_search_with_score(query, k, filter, **kwargs)
+        return [doc for doc, _ in pairs]
+
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        _no_extra(kwargs, _SEARCH_OPTIONS, "asimilarity_search")
+        if self._index is None:
+            return []
+        vector = await self._aembed_query(query)
+        return await run_in_executor(
+            None, self.similarity_search_with_score_by_vector, vector, k, filter, **kwargs
+        )
+
+    async def asimilarity_search_by_vectors(
+        self, vectors: npt.ArrayLike, k: int = 4, filter: Filter | None = None, **kwargs: Any
+    ) -> list[list[Document]]:
+        return await run_in_executor(
+            None, self.similarity_search_by_vectors, vectors, k, filter, **kwargs
+        )
+
+    async def amax_marginal_relevance_search(
+        self,
+        query: str,
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        **kwargs: Any,
+    ) -> list[Document]:
+        _no_extra(kwargs, _MMR_OPTIONS, "amax_marginal_relevance_search")
+        if self._index is None:
+            return []
+        vector = await self._aembed_query(query)
+        return await run_in_executor(
+            None,
+            self.max_marginal_relevance_search_by_vector,
+            vector,
+            k,
+            fetch_k,
+            lambda_mult,
+            **kwargs,
+        )
+
+    # -- construction and files ----------------------------------------------------------
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> CachedVectorStore:
+        """A new store holding ``texts``; ``kwargs`` go to the constructor."""
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    @classmethod
+    async def afrom_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> CachedVectorStore:
+        store = cls(embedding, **kwargs)
+        await store.aadd_texts(texts, metadatas, ids=ids)
+        return store
+
+    def save(self, path: str | os.PathLike[str]) -> Manifest:
+        """Save to a folder (FAISS file, SQLite docstore, JSON manifest), atomically."""
+        if self._index is None:
+            raise ConfigError(
+                "nothing to save yet: add documents first, or pass dim= to the constructor"
+            )
+        return self._index.save(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        embedding: Embeddings,
+        *,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+    ) -> CachedVectorStore:
+        """Open a saved folder for these embeddings.
+
+        Raises :class:`cachedvec.IndexMismatchError` when the folder was built
+        by another model (both sides have fingerprints and they differ) or for
+        another dimension, and :class:`cachedvec.IndexCorruptError` when it is
+        damaged. Nothing in the folder is unpickled or executed.
+        """
+        fingerprint = getattr(embedding, "fingerprint", None)
+        dim = getattr(embedding, "dim", None)
+        index = VectorIndex.load(
+            path,
+            fingerprint=fingerprint if isinstance(fingerprint, ModelFingerprint) else None,
+            dim=dim if isinstance(dim, int) and not isinstance(dim, bool) else None,
+        )
+        if ef_search is not None:
+            index.ef_search = ef_search
+        if nprobe is not None:
+            index.nprobe = nprobe
+        return cls(embedding, metric=index.metric, factory=index.factory, index=index)
+
+    def close(self) -> None:
+        """Release the docstore."""
+        if self._index is not None:
+            self._index.close()
+
+    def __repr__(self) -> str:
+        return f"CachedVectorStore({self._index!r})"
+
+
+def _document(hit: Hit) -> Document:
+    return Document(hit.text, metadata=hit.metadata, id=hit.id)
+
+
+def _similarity_relevance(score: float) -> float:
+    return min(1.0, max(0.0, score))
+
+
+def _l2_relevance(squared_distance: float) -> float:
+    # For unit vectors |a - b|² = 2 - 2 cos(a, b): this is the cosine again.
+    return min(1.0, max(0.0, 1.0 - squared_distance / 2.0))
+
+
+def _no_extra(kwargs: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ConfigError(f"{where} got unknown options {unknown} (known: {known})")
