@@ -400,3 +400,31 @@ def test_entry_times_match_the_generic_prune(store: SQLStore) -> None:
     assert b_written >= time.time() - 5 and missing == (0.0, 0.0)
     generic = CachedVecStore.prune(store, 86_400, dry_run=True)
     assert generic == store.prune(86_400, dry_run=True) == 1
+
+
+def test_sqlite_durability_setting(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/d.db"
+    for durable, level in ((False, 1), (True, 2)):  # NORMAL, FULL
+        with SQLStore(url, durable=durable) as store:
+            fairy = store._checkout()
+            try:
+                assert fairy.driver_connection.execute("PRAGMA synchronous").fetchone() == (level,)
+            finally:
+                store._checkin(fairy)
+
+
+@pytest.mark.postgres
+def test_postgres_durability_setting_keeps_the_urls_own_options(postgres_url: str) -> None:
+    url = postgres_url + "?options=-c%20application_name%3Dmine"
+    for durable, expected in ((False, "off"), (True, "on")):
+        with SQLStore(url, durable=durable) as store:
+            fairy = store._checkout()
+            try:
+                with fairy.driver_connection.cursor() as cur:
+                    cur.execute(
+                        "SELECT current_setting('synchronous_commit'), "
+                        "current_setting('application_name')"
+                    )
+                    assert cur.fetchone() == (expected, "mine")
+            finally:
+                store._checkin(fairy)

@@ -1,0 +1,328 @@
+"""Shared-store benchmark: cachedvec against LangChain on a loopback PostgreSQL.
+
+Run from the repository root (needs the ``postgres`` and ``langchain``
+extras and PostgreSQL 15 binaries; a throwaway server is started on a free
+loopback port, with PostgreSQL's default durability, and removed at the end)::
+
+    .venv/bin/python bench/store_bench.py                      # 20k texts, best of 3
+    .venv/bin/python bench/store_bench.py --n 4000 --repeat 1  # quick look
+    .venv/bin/python bench/store_bench.py --postgres postgresql+psycopg://u:pw@host/db
+
+With ``--postgres`` an existing server is used instead: the benchmark
+creates and drops two databases there, ``<db>_cachedvec`` and
+``<db>_langchain``.
+
+Both sides embed the same texts (~50 words, dim 384) with the same fast fake
+model (``HashEmbedder`` of ``cache_bench.py``, ~2 us per text, so it never
+hides store costs):
+
+- **cachedvec**: ``CachedEmbeddings(model, "postgresql+psycopg://...")``,
+  array path (``embed_documents_array``), as the index uses it;
+- **LangChain**: langchain-classic's ``CacheBackedEmbeddings.from_bytes_store(
+  model, SQLStore(...), key_encoder="sha256")`` with langchain-community's
+  ``SQLStore`` on the same server, ``embed_documents``.
+
+Measured, best of ``--repeat``:
+
+1. cold (empty store) and warm (all hits) texts/s in one process;
+2. the same with 4 processes at once, each embedding its own quarter of the
+   texts: aggregate texts/s (all texts over the wall time from the common
+   start to the last finish) and its ratio to one process;
+3. 4 concurrent writers of overlapping corpora (every text written by two
+   processes at once, in different orders): errors, entries lost, entries
+   duplicated and wrong vectors, checked against the model afterwards.
+
+Prints Markdown tables and one PASS/FAIL line per target of issue 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.postgres
+
+from cache_bench import DIM, HashEmbedder, make_texts, timed  # noqa: E402
+
+from cachedvec import CachedEmbeddings, migrate  # noqa: E402
+from cachedvec.codec import VectorCodec  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # langchain-community's sunset notice
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+    from langchain_community.storage import SQLStore as LangChainSQLStore
+
+SIDES = ("cachedvec", "langchain")
+WORKERS = 4
+LC_NAMESPACE = "bench"
+LC_KEY_PREFIX = "bench-hash-embedder"
+
+
+# ------------------------------------------------------------------- sides
+class Side:
+    """One contender connected to its own database: embed texts, empty the store."""
+
+    def __init__(self, side: str, url: str) -> None:
+        self.side, self.url = side, url
+        self.model = HashEmbedder()
+        if side == "cachedvec":
+            self.impl: Any = CachedEmbeddings(self.model, url)
+            self.embed: Callable[[list[str]], Any] = self.impl.embed_documents_array
+        else:
+            self.store = LangChainSQLStore(namespace=LC_NAMESPACE, db_url=url)
+            self.impl = CacheBackedEmbeddings.from_bytes_store(
+                self.model, self.store, namespace=LC_KEY_PREFIX, key_encoder="sha256"
+            )
+            self.embed = self.impl.embed_documents
+
+    def close(self) -> None:
+        if self.side == "cachedvec":
+            self.impl.close()
+        else:
+            self.store.engine.dispose()
+
+
+def empty(side: str, url: str) -> None:
+    table = "cachedvec_entries" if side == "cachedvec" else "langchain_key_value_stores"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {table}"))
+    engine.dispose()
+
+
+def prepare(side: str, url: str) -> None:
+    if side == "cachedvec":
+        migrate.upgrade(url)
+    else:
+        LangChainSQLStore(namespace=LC_NAMESPACE, db_url=url).create_schema()
+
+
+# ----------------------------------------------------------------- workers
+def worker(side: str, url: str, texts: list[str], barrier: Any) -> dict[str, Any]:
+    """One process: connect, wait for the others, embed, report times or the error."""
+    try:
+        impl = Side(side, url)
+        impl.embed(texts[:1])  # connect and warm the pool outside the timed region
+        barrier.wait(timeout=120)
+        start = time.perf_counter()
+        impl.embed(texts)
+        end = time.perf_counter()
+        impl.close()
+        return {"start": start, "end": end}
+    except BaseException:
+        return {"error": traceback.format_exc(limit=3)}
+
+
+def run_processes(side: str, url: str, shares: list[list[str]]) -> tuple[float, list[str]]:
+    """Texts per second across all processes, and the errors they reported.
+
+    ``perf_counter`` is the system-wide monotonic clock on Linux, so times
+    from different processes compare.
+    """
+    context = multiprocessing.get_context("fork")
+    with context.Manager() as manager:
+        barrier = manager.Barrier(len(shares))
+        with context.Pool(len(shares)) as pool:
+            results = pool.starmap(worker, [(side, url, share, barrier) for share in shares])
+    errors = [r["error"] for r in results if "error" in r]
+    done = [r for r in results if "error" not in r]
+    if not done:
+        return 0.0, errors
+    wall = max(r["end"] for r in done) - min(r["start"] for r in done)
+    return sum(len(s) for s in shares) / wall, errors
+
+
+# --------------------------------------------------------------- measuring
+def single_process(side: str, url: str, texts: list[str], repeat: int) -> dict[str, float]:
+    best = {"cold": 0.0, "warm": 0.0}
+    for _ in range(repeat):
+        empty(side, url)
+        impl = Side(side, url)
+        impl.embed(texts[:1])
+        best["cold"] = max(best["cold"], len(texts) / timed(impl.embed, texts))
+        best["warm"] = max(best["warm"], len(texts) / timed(impl.embed, texts))
+        impl.close()
+    return best
+
+
+def four_processes(side: str, url: str, texts: list[str], repeat: int) -> dict[str, float]:
+    quarters = [texts[i::WORKERS] for i in range(WORKERS)]
+    best = {"cold": 0.0, "warm": 0.0, "errors": 0}
+    for _ in range(repeat):
+        empty(side, url)
+        for phase in ("cold", "warm"):
+            rate, errors = run_processes(side, url, quarters)
+            best[phase] = max(best[phase], rate)
+            best["errors"] += len(errors)
+    return best
+
+
+def overlapping_writers(side: str, url: str, texts: list[str]) -> dict[str, Any]:
+    """4 processes, each text written by two of them at once; then audit the store."""
+    empty(side, url)
+    n = len(texts)
+    shares = []
+    for w in range(WORKERS):
+        mine = [texts[(w * n // WORKERS + i) % n] for i in range(n // 2)]
+        shares.append(mine if w % 2 == 0 else mine[::-1])
+    _, errors = run_processes(side, url, shares)
+    stored = stored_values(side, url, texts)
+    expected = HashEmbedder().embed_documents_array(texts)
+    lost = sum(1 for value in stored["values"] if value is None)
+    wrong = sum(
+        1
+        for value, vector in zip(stored["values"], expected, strict=True)
+        if value is not None and not np.array_equal(decode(side, value), vector)
+    )
+    return {
+        "errors": len(errors),
+        "lost": lost,
+        "duplicated": stored["rows"] - (n - lost),
+        "wrong": wrong,
+        "first_error": first_error_line(errors),
+    }
+
+
+def first_error_line(errors: list[str]) -> str:
+    """The exception line of the first traceback (not SQLAlchemy's help link)."""
+    if not errors:
+        return ""
+    lines = [line for line in errors[0].splitlines() if "Error" in line and ":" in line]
+    return (lines[-1] if lines else errors[0].strip().splitlines()[-1]).strip()
+
+
+def stored_values(side: str, url: str, texts: list[str]) -> dict[str, Any]:
+    engine = sa.create_engine(url)
+    if side == "cachedvec":
+        table, keys = "cachedvec_entries", CachedEmbeddings(HashEmbedder()).document_keys(texts)
+    else:
+        import hashlib
+
+        table = "langchain_key_value_stores"
+        keys = [LC_KEY_PREFIX + hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+        found = dict(conn.execute(sa.text(f"SELECT key, value FROM {table}")).all())
+    engine.dispose()
+    return {"rows": rows, "values": [found.get(k) for k in keys]}
+
+
+def decode(side: str, value: bytes) -> np.ndarray:
+    if side == "cachedvec":
+        return VectorCodec(DIM).decode(value)
+    return np.asarray(json.loads(value), dtype=np.float32)
+
+
+# ------------------------------------------------------------------ server
+@contextmanager
+def databases(existing: str | None) -> Iterator[dict[str, str]]:
+    """One empty database per side, on a throwaway server unless one is given."""
+    if existing is None:
+        if not PostgresServer.available():
+            sys.exit("no PostgreSQL binaries found: pass --postgres URL")
+        with PostgresServer() as server:
+            yield {side: server.url(server.create_database(f"bench_{side}")) for side in SIDES}
+        return
+    base = sa.make_url(existing).set(drivername="postgresql+psycopg")
+    dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    names = {side: f"{base.database}_{side}" for side in SIDES}
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {
+            side: base.set(database=name).render_as_string(hide_password=False)
+            for side, name in names.items()
+        }
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for name in names.values():
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ------------------------------------------------------------------ report
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="texts (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postgres", help="use this server instead of a throwaway one")
+    args = parser.parse_args()
+    texts = make_texts(args.n, args.seed)
+
+    one: dict[str, dict[str, float]] = {}
+    four: dict[str, dict[str, float]] = {}
+    audit: dict[str, dict[str, Any]] = {}
+    with databases(args.postgres) as urls:
+        for side in SIDES:
+            print(f"running {side} ...", file=sys.stderr)
+            prepare(side, urls[side])
+            one[side] = single_process(side, urls[side], texts, args.repeat)
+            four[side] = four_processes(side, urls[side], texts, args.repeat)
+            audit[side] = overlapping_writers(side, urls[side], texts)
+
+    cv, lc = "cachedvec", "langchain"
+    print(f"\n## Shared-store benchmark: {args.n:,} texts, dim {DIM}, loopback PostgreSQL, "
+          f"best of {args.repeat}\n")
+    print("Texts/s (cachedvec: `embed_documents_array`; LangChain: `CacheBackedEmbeddings"
+          ".embed_documents` over langchain-community's `SQLStore`):\n")
+    print("| pass | processes | cachedvec | LangChain | cachedvec / LangChain |")
+    print("|---|---:|---:|---:|---:|")
+    for phase in ("cold", "warm"):
+        for label, table in (("1", one), (str(WORKERS), four)):
+            a, b = table[cv][phase], table[lc][phase]
+            print(f"| {phase} | {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x |")
+    print(f"\nScaling, {WORKERS} processes / 1 process (aggregate texts/s; this machine "
+          "has 2 cores, shared with the server):\n")
+    print("| pass | cachedvec | LangChain |")
+    print("|---|---:|---:|")
+    for phase in ("cold", "warm"):
+        print(f"| {phase} | {four[cv][phase] / one[cv][phase]:.2f}x "
+              f"| {four[lc][phase] / one[lc][phase]:.2f}x |")
+    print(f"\n{WORKERS} concurrent writers, overlapping corpora (each text written by two "
+          "processes at once):\n")
+    print("| side | failed processes | entries lost | entries duplicated | wrong vectors "
+          "| first error |")
+    print("|---|---:|---:|---:|---:|---|")
+    for side in SIDES:
+        r = audit[side]
+        print(f"| {side} | {r['errors']} | {r['lost']} | {r['duplicated']} | {r['wrong']} "
+              f"| {r['first_error'][:80]} |")
+
+    checks = [
+        ("warm array vs LangChain SQLStore, 1 process", one[cv]["warm"] / one[lc]["warm"],
+         ">=", 15.0),
+        ("4 writers: failed processes", audit[cv]["errors"] + four[cv]["errors"], "==", 0),
+        ("4 writers: entries lost", audit[cv]["lost"], "==", 0),
+        ("4 writers: entries duplicated", audit[cv]["duplicated"], "==", 0),
+        ("4 writers: wrong vectors", audit[cv]["wrong"], "==", 0),
+        ("4 processes / 1, warm", four[cv]["warm"] / one[cv]["warm"], ">=", 1.5),
+        ("4 processes / 1, cold", four[cv]["cold"] / one[cv]["cold"], ">=", 1.5),
+    ]
+    print()
+    failed = 0
+    for name, value, op, target in checks:
+        ok = value >= target if op == ">=" else value == target
+        failed += not ok
+        shown = f"{value:.2f}x" if isinstance(value, float) else str(value)
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {shown} (target {op} {target})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
