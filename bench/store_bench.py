@@ -277,36 +277,54 @@ def main() -> int:
             audit[side] = overlapping_writers(side, urls[side], texts)
 
     cv, lc = "cachedvec", "langchain"
-    print(f"\n## Shared-store benchmark: {args.n:,} texts, dim {DIM}, loopback PostgreSQL, "
-          f"best of {args.repeat}\n")
-    print("Texts/s (cachedvec: `embed_documents_array`; LangChain: `CacheBackedEmbeddings"
-          ".embed_documents` over langchain-community's `SQLStore`):\n")
+    print(
+        f"\n## Shared-store benchmark: {args.n:,} texts, dim {DIM}, loopback PostgreSQL, "
+        f"best of {args.repeat}\n"
+    )
+    print(
+        "Texts/s (cachedvec: `embed_documents_array`; LangChain: `CacheBackedEmbeddings"
+        ".embed_documents` over langchain-community's `SQLStore`):\n"
+    )
     print("| pass | processes | cachedvec | LangChain | cachedvec / LangChain |")
     print("|---|---:|---:|---:|---:|")
     for phase in ("cold", "warm"):
         for label, table in (("1", one), (str(WORKERS), four)):
             a, b = table[cv][phase], table[lc][phase]
             print(f"| {phase} | {label} | {a:,.0f} | {b:,.0f} | {a / b:.2f}x |")
-    print(f"\nScaling, {WORKERS} processes / 1 process (aggregate texts/s; this machine "
-          "has 2 cores, shared with the server):\n")
+    print(
+        f"\nScaling, {WORKERS} processes / 1 process (aggregate texts/s; this machine "
+        "has 2 cores, shared with the server):\n"
+    )
     print("| pass | cachedvec | LangChain |")
     print("|---|---:|---:|")
     for phase in ("cold", "warm"):
-        print(f"| {phase} | {four[cv][phase] / one[cv][phase]:.2f}x "
-              f"| {four[lc][phase] / one[lc][phase]:.2f}x |")
-    print(f"\n{WORKERS} concurrent writers, overlapping corpora (each text written by two "
-          "processes at once):\n")
-    print("| side | failed processes | entries lost | entries duplicated | wrong vectors "
-          "| first error |")
+        print(
+            f"| {phase} | {four[cv][phase] / one[cv][phase]:.2f}x "
+            f"| {four[lc][phase] / one[lc][phase]:.2f}x |"
+        )
+    print(
+        f"\n{WORKERS} concurrent writers, overlapping corpora (each text written by two "
+        "processes at once):\n"
+    )
+    print(
+        "| side | failed processes | entries lost | entries duplicated | wrong vectors "
+        "| first error |"
+    )
     print("|---|---:|---:|---:|---:|---|")
     for side in SIDES:
         r = audit[side]
-        print(f"| {side} | {r['errors']} | {r['lost']} | {r['duplicated']} | {r['wrong']} "
-              f"| {r['first_error'][:80]} |")
+        print(
+            f"| {side} | {r['errors']} | {r['lost']} | {r['duplicated']} | {r['wrong']} "
+            f"| {r['first_error'][:80]} |"
+        )
 
     checks = [
-        ("warm array vs LangChain SQLStore, 1 process", one[cv]["warm"] / one[lc]["warm"],
-         ">=", 15.0),
+        (
+            "warm array vs LangChain SQLStore, 1 process",
+            one[cv]["warm"] / one[lc]["warm"],
+            ">=",
+            15.0,
+        ),
         ("4 writers: failed processes", audit[cv]["errors"] + four[cv]["errors"], "==", 0),
         ("4 writers: entries lost", audit[cv]["lost"], "==", 0),
         ("4 writers: entries duplicated", audit[cv]["duplicated"], "==", 0),
