@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 pytest_plugins = ["tests.postgres"] if (Path(__file__).parent / "postgres.py").exists() else []
 
-PERSISTENT_KINDS = ["file", "sqlite", "diskcache"]
+PERSISTENT_KINDS = ["file", "sqlite", "diskcache", "postgres"]
 STORE_KINDS = ["memory", *PERSISTENT_KINDS]
 
 
@@ -44,12 +44,22 @@ def store_url(kind: str, folder: Path) -> str:
     }[kind]
 
 
+@pytest.fixture
+def make_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """``kind -> URL`` of an empty store; PostgreSQL gets the throwaway server."""
+
+    def make(kind: str) -> str:
+        if kind == "postgres":
+            return str(request.getfixturevalue("postgres_store_url"))
+        return store_url(kind, tmp_path)
+
+    return make
+
+
 @pytest.fixture(params=STORE_KINDS)
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CachedVecStore]:
+def any_store(
+    request: pytest.FixtureRequest, make_store_url: Callable[[str], str]
+) -> Iterator[CachedVecStore]:
     """Every backend in turn, each fresh and closed afterwards."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = store_url(request.param, tmp_path)
-    with open_store(url) as store:
+    with open_store(make_store_url(request.param)) as store:
         yield store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +89,12 @@ def test_two_models_never_mix_in_one_store() -> None:
 
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
 @pytest.mark.parametrize("damage", ["truncate", "bitflip", "garbage", "wrong_dim", "empty"])
-def test_corrupt_values_are_recomputed_and_counted(kind: str, damage: str, tmp_path: Path) -> None:
+def test_corrupt_values_are_recomputed_and_counted(
+    kind: str, damage: str, make_store_url: Callable[[str], str]
+) -> None:
     model = FakeEmbeddings(8)
-    with CachedEmbeddings(model, store_url(kind, tmp_path)) as emb:
+    url = make_store_url(kind)
+    with CachedEmbeddings(model, url) as emb:
         truth = emb.embed_documents_array(TEXTS[:4])
         key = emb.document_keys([TEXTS[1]])[0]
         value = emb.store.mget([key])[0]
@@ -104,7 +108,7 @@ def test_corrupt_values_are_recomputed_and_counted(kind: str, damage: str, tmp_p
         }[damage]
         emb.store.mset([(key, bad)])
     model.texts_embedded = 0
-    with CachedEmbeddings(model, store_url(kind, tmp_path)) as emb:
+    with CachedEmbeddings(model, url) as emb:
         out = emb.embed_documents_array(TEXTS[:4])
         np.testing.assert_array_equal(out, truth)
         assert model.texts_embedded == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from cachedvec import open_store
 from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import CachedVecStore
-from tests.conftest import store_url
+from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
+
+MakeURL = Callable[[str], str]
 
 
 def test_missing_is_none_and_order_is_kept(any_store: CachedVecStore) -> None:
@@ -66,9 +69,9 @@ async def test_async_twins(any_store: CachedVecStore) -> None:
     assert sorted([k async for k in any_store.ayield_keys()]) == ["b"]
 
 
-@pytest.mark.parametrize("kind", ["file", "sqlite", "diskcache"])
-def test_persistent_stores_survive_reopening(kind: str, tmp_path: Path) -> None:
-    url = store_url(kind, tmp_path)
+@pytest.mark.parametrize("kind", PERSISTENT_KINDS)
+def test_persistent_stores_survive_reopening(kind: str, make_store_url: MakeURL) -> None:
+    url = make_store_url(kind)
     with open_store(url) as store:
         store.mset([("a", b"1")])
     with open_store(url) as store:
@@ -129,9 +132,9 @@ def test_passwords_are_hidden_in_messages() -> None:
 
 
 class _Backends:
-    @pytest.fixture(params=["memory", "file", "sqlite", "diskcache"])
-    def kv_store(self, request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[override]
-        with open_store(store_url(request.param, tmp_path)) as store:
+    @pytest.fixture(params=STORE_KINDS)
+    def kv_store(self, request: pytest.FixtureRequest, make_store_url: MakeURL):  # type: ignore[override]
+        with open_store(make_store_url(request.param)) as store:
             yield store
 
     @pytest.fixture
