@@ -465,12 +465,12 @@ def test_untrained_index_needs_enough_vectors() -> None:
 
 
 def test_compact_drops_tombstones_and_keeps_results() -> None:
-    index, data = build("HNSW16", n=500)
+    index, data = build("HNSW16", n=500, ef_search=80)
     index.delete([f"d{i}" for i in range(100)])
     assert index.tombstones == 100
     before = [ids_of(index.search(q, 5)) for q in data[100:110]]
     index.compact()
-    assert index.tombstones == 0
+    assert index.tombstones == 0 and index.ef_search == 80
     assert_consistent(index)
     assert [ids_of(index.search(q, 5)) for q in data[100:110]] == before
     index.add(random_vectors(1, seed=3), ["after"], ids=["after"])

@@ -319,12 +319,14 @@ class FaissIndex:
         """Search parameters hiding tombstones, where the index honours them."""
         if self._hnsw is None:
             return None  # NSG and refine indexes ignore selectors: over-fetch instead
-        if self._exclusion is None:
+        exclusion = self._exclusion
+        if exclusion is None:  # two searches may both build it: harmless
             dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
-            self._exclusion = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+            exclusion = self._exclusion = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
         # A fresh parameter object per call: IndexIDMap2 rewrites its selector
-        # during a search, so sharing one between threads would race.
-        return faiss.SearchParametersHNSW(sel=self._exclusion, efSearch=self._hnsw.efSearch)
+        # during a search, so sharing one between threads would race. It keeps
+        # a reference to the selector for as long as it lives.
+        return faiss.SearchParametersHNSW(sel=exclusion, efSearch=self._hnsw.efSearch)
 
     def _drop_tombstones(self, scores: Matrix, ids: Ids, k: int) -> tuple[Matrix, Ids]:
         dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))

@@ -50,6 +50,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,14 @@ def _save_locked(
     temp_manifest = folder / f"{MANIFEST}.{token}.tmp"
     try:
         faiss.write_index(index, str(index_file))
-        _fsync_file(index_file)
-        docstore.save_to(docstore_file)
+        # Hash the index file (from the page cache) while the docstore is
+        # written: both release the GIL, so two cores share the work.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            index_digest = pool.submit(_describe, index_file)
+            _fsync_file(index_file)
+            docstore.save_to(docstore_file)
+            docstore_entry = _describe(docstore_file)
+            index_entry = index_digest.result()
         manifest = Manifest(
             dim=dim,
             metric=metric,
@@ -158,7 +165,7 @@ def _save_locked(
             search=dict(search),
             fingerprint=dict(fingerprint) if fingerprint is not None else None,
             counts=dict(counts),
-            files={"index": _describe(index_file), "docstore": _describe(docstore_file)},
+            files={"index": index_entry, "docstore": docstore_entry},
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         temp_manifest.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")

@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -42,9 +42,11 @@ from cachedvec.keys import ModelFingerprint
 _EXACT_CHUNK = 16_384
 
 
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``score``: similarity (cosine, ip) or squared distance (l2)."""
+class Hit(NamedTuple):
+    """One search result. ``score``: similarity (cosine, ip) or squared distance (l2).
+
+    A named tuple: built for every result of every search, it must be cheap.
+    """
 
     id: str
     text: str
@@ -151,7 +153,7 @@ class VectorIndex:
         """Add or replace documents with their vectors; returns their ids.
 
         Ids that exist are replaced (upsert); missing ids (``None``) get a
-        random UUID. On any error nothing changes.
+        random 128-bit hex id. On any error nothing changes.
         """
         texts = list(texts)
         n = len(texts)
@@ -225,17 +227,18 @@ class VectorIndex:
         ``vectors`` (one row per document, in :meth:`records` order) comes
         from the cache when re-indexing; without it the vectors are read back
         from the current index, which is exact for flat, HNSW and IVF-Flat
-        storage but lossy for PQ. IVF/PQ are trained on these vectors. On any
-        error the current index stays.
+        storage but lossy for PQ. IVF/PQ are trained on these vectors. With
+        the same factory, ``ef_search``/``nprobe`` default to the current
+        ones. On any error the current index stays.
         """
+        if factory is None or factory == self.factory:
+            factory = self.factory
+            ef_search = ef_search or self.ef_search
+            nprobe = nprobe or self.nprobe
         with self._lock.write():
             vector_ids = self._docs.vector_ids()
             fresh = FaissIndex(
-                self.dim,
-                metric or self.metric,
-                factory or self.factory,
-                ef_search=ef_search,
-                nprobe=nprobe,
+                self.dim, metric or self.metric, factory, ef_search=ef_search, nprobe=nprobe
             )
             if vectors is None:
                 matrix = self._faiss.reconstruct(vector_ids)
@@ -247,8 +250,7 @@ class VectorIndex:
                     )
             matrix = fresh.prepare(matrix)
             if len(matrix):
-                fresh.train(matrix)
-                fresh.add(matrix, vector_ids)
+                fresh.add(matrix, vector_ids)  # trains first where needed
             self._faiss = fresh
 
     def clear(self) -> None:
@@ -487,24 +489,21 @@ class VectorIndex:
     def _hits(
         self, scores: Matrix, vector_ids: Ids, score_threshold: float | None
     ) -> list[list[Hit]]:
-        found = vector_ids[vector_ids >= 0]
-        rows = self._docs.hits(np.unique(found).tolist()) if found.size else {}
-        lower_is_closer = self.metric == "l2"
+        keep = vector_ids >= 0
+        if score_threshold is not None:
+            keep &= scores <= score_threshold if self.metric == "l2" else scores >= score_threshold
+        found = vector_ids[keep].tolist()
+        rows = self._docs.hits(found) if found else {}
+        loads = json.loads
         results = []
-        for row_scores, row_ids in zip(scores.tolist(), vector_ids.tolist(), strict=True):
+        for row_scores, row_ids, row_keep in zip(
+            scores.tolist(), vector_ids.tolist(), keep.tolist(), strict=True
+        ):
             hits = []
-            for score, vector_id in zip(row_scores, row_ids, strict=True):
-                if vector_id < 0:
-                    continue
-                if score_threshold is not None and (
-                    score > score_threshold if lower_is_closer else score < score_threshold
-                ):
-                    continue
-                row = rows.get(vector_id)
-                if row is None:  # cannot happen while FAISS and docstore agree
-                    continue
-                doc_id, text, metadata = row
-                hits.append(Hit(doc_id, text, json.loads(metadata), score))
+            for score, vector_id, kept in zip(row_scores, row_ids, row_keep, strict=True):
+                row = rows.get(vector_id) if kept else None
+                if row is not None:  # None only for padding or a failed threshold
+                    hits.append(Hit(row[0], row[1], loads(row[2]), score))
             results.append(hits)
         return results
 
@@ -573,16 +572,20 @@ class VectorIndex:
                 f"index {path}: FAISS holds {faiss_index.dim}-d vectors, manifest says "
                 f"{manifest.dim}"
             )
-        stored = faiss_index.stored_ids()
-        live = docstore.vector_ids()
+        stored = np.sort(faiss_index.stored_ids())
+        live = docstore.vector_ids()  # ascending
         counts = manifest.counts
+        # Every live id must be stored: find each in the sorted stored ids.
+        where = np.searchsorted(stored, live)
         if (
             len(stored) != counts["vectors"]
             or len(live) != counts["documents"]
-            or not np.isin(live, stored).all()
+            or (len(live) and (where[-1] >= len(stored) or not (stored[where] == live).all()))
         ):
             raise IndexCorruptError(f"index {path}: FAISS and docstore disagree on ids")
-        dead = np.setdiff1d(stored, live)
+        is_live = np.zeros(len(stored), dtype=bool)
+        is_live[where] = True
+        dead = stored[~is_live]
         if len(dead) != counts["tombstones"] or (len(dead) and faiss_index.removes_for_real):
             raise IndexCorruptError(f"index {path}: unexpected vectors without documents")
         faiss_index.remove(dead)
