@@ -428,3 +428,15 @@ def test_postgres_durability_setting_keeps_the_urls_own_options(postgres_url: st
                     assert cur.fetchone() == (expected, "mine")
             finally:
                 store._checkin(fairy)
+
+
+def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    with pytest.raises(StoreError, match=r"pip install 'cachedvec\[postgres\]'") as info:
+        SQLStore("postgresql://bob:hunter2@localhost/db")
+    assert "hunter2" not in str(info.value)

@@ -139,7 +139,19 @@ def make_engine(
     }
     if not for_migrations:
         options["isolation_level"] = "AUTOCOMMIT"
+    _require("psycopg", url)
     return sa.create_engine(parsed, **options)
+
+
+def _require(module: str, url: str) -> None:
+    """Fail with an install hint when an optional PostgreSQL dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise StoreError(
+            f"cannot open store {redact_url(url)}: PostgreSQL support needs the "
+            f"'{module}' package: pip install 'cachedvec[postgres]'"
+        )
 
 
 def postgres_connect_args(parsed: sa.URL, *, durable: bool) -> dict[str, Any]:
@@ -732,14 +744,15 @@ class SQLStore(CachedVecStore):
 
         Pooled async connections belong to the loop that opened them, so a
         store used from a second loop (another ``asyncio.run``) gets a fresh
-        engine; the old pool is dropped without awaiting its connections.
+        engine and the old one is closed.
         """
         import asyncio
 
-        from sqlalchemy.ext.asyncio import create_async_engine
-
         loop = asyncio.get_running_loop()
         if self._async_engine is None or self._async_loop is not loop:
+            _require("greenlet", self._raw_url)  # SQLAlchemy's asyncio layer runs on it
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             if self._async_engine is not None:
                 _dispose_async_engine(self._async_engine)
             self._async_engine = create_async_engine(
