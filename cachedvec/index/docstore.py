@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import numpy.typing as npt
 
 from cachedvec.errors import ConfigError, IndexCorruptError, InvalidTextError
 
@@ -113,7 +114,7 @@ class DocStore:
 
     def insert(
         self,
-        vector_ids: Sequence[int],
+        vector_ids: Sequence[int] | npt.NDArray[np.int64],
         ids: Sequence[str],
         texts: Sequence[str],
         metadatas: Sequence[dict[str, Any]],

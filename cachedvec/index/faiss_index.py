@@ -95,7 +95,7 @@ class FaissIndex:
             raise ConfigError(f"factory {factory!r}: drop 'IDMap', cachedvec manages ids itself")
         inner = _innermost(base)
         if isinstance(inner, faiss.IndexIVF):
-            inner.set_direct_map_type(faiss.DirectMap.Hashtable)
+            inner.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
             index = base
         else:
             index = faiss.IndexIDMap2(base)
@@ -144,8 +144,9 @@ class FaissIndex:
         self.factory = factory
         self.dim = int(index.d)
         inner = _innermost(index.index if isinstance(index, faiss.IndexIDMap2) else index)
-        self._hnsw = inner.hnsw if isinstance(inner, faiss.IndexHNSW) else None
-        self._ivf = inner if isinstance(inner, faiss.IndexIVF) else None
+        # SWIG proxies into ``index`` (which owns them); typed loosely.
+        self._hnsw: Any = inner.hnsw if isinstance(inner, faiss.IndexHNSW) else None
+        self._ivf: Any = inner if isinstance(inner, faiss.IndexIVF) else None
         if ef_search is not None and self._hnsw is None:
             raise ConfigError(f"ef_search applies to HNSW indexes, not {factory!r}")
         if nprobe is not None and self._ivf is None:
@@ -260,7 +261,7 @@ class FaissIndex:
         if len(ids) == 0:
             return
         if self._removes:
-            self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64)))
         else:
             self._tombstones.update(int(i) for i in ids)
             self._exclusion = None
@@ -326,7 +327,9 @@ class FaissIndex:
         # A fresh parameter object per call: IndexIDMap2 rewrites its selector
         # during a search, so sharing one between threads would race. It keeps
         # a reference to the selector for as long as it lives.
-        return faiss.SearchParametersHNSW(sel=exclusion, efSearch=self._hnsw.efSearch)
+        return faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            sel=exclusion, efSearch=self._hnsw.efSearch
+        )
 
     def _drop_tombstones(self, scores: Matrix, ids: Ids, k: int) -> tuple[Matrix, Ids]:
         dead = np.fromiter(self._tombstones, dtype=np.int64, count=len(self._tombstones))
@@ -369,7 +372,7 @@ def _layers(index: faiss.Index) -> list[faiss.Index]:
 def _can_remove(index: faiss.Index) -> bool:
     # Ask FAISS: an empty removal raises exactly where removal is unsupported.
     try:
-        index.remove_ids(np.empty(0, dtype=np.int64))
+        index.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
     except RuntimeError:
         return False
     return True

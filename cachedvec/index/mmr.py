@@ -9,6 +9,8 @@ similarity up front, so the loop itself is a few numpy calls per pick.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -37,6 +39,6 @@ def mmr_select(
     return chosen
 
 
-def _unit_rows(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def _unit_rows(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.floating[Any]]:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms == 0, 1.0, norms)
