@@ -440,3 +440,15 @@ def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(StoreError, match=r"pip install 'cachedvec\[postgres\]'") as info:
         SQLStore("postgresql://bob:hunter2@localhost/db")
     assert "hunter2" not in str(info.value)
+
+
+def test_a_new_file_whose_setup_fails_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_upgrade(url: str, revision: str = "head") -> None:
+        raise StoreError("disk full, say")
+
+    monkeypatch.setattr(migrate, "upgrade", broken_upgrade)
+    with pytest.raises(StoreError, match="disk full"):
+        SQLStore(f"sqlite:///{tmp_path}/new.db")
+    assert list(tmp_path.iterdir()) == []

@@ -301,7 +301,7 @@ class SQLStore(CachedVecStore):
             ``synchronous=FULL``, PostgreSQL ``synchronous_commit=on``). By
             default a power cut (SQLite) or a server crash (PostgreSQL) may
             lose the last moments of writes, which are recomputed, and never
-            corrupts the store; writes are several times faster.
+            corrupts the store; writes are much faster.
     """
 
     def __init__(
@@ -329,8 +329,7 @@ class SQLStore(CachedVecStore):
         self._own: Any = None  # see _checkout
         self._own_lock = threading.Lock()
         self._pid = os.getpid()
-        if self.dialect == "sqlite":
-            self._prepare_sqlite_file(create)
+        new_file = self.dialect == "sqlite" and self._prepare_sqlite_file(create)
         self._durable = durable
         self._engine = make_engine(
             url, pool_size=pool_size, durable=durable, busy_timeout=busy_timeout
@@ -345,16 +344,20 @@ class SQLStore(CachedVecStore):
             self._ensure_schema(create)
         except BaseException:
             self._engine.dispose()
+            if new_file:  # leave nothing half-made behind
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self._sa_url.database}{suffix}").unlink(missing_ok=True)
             raise
 
     # ------------------------------------------------------------ opening
 
-    def _prepare_sqlite_file(self, create: bool) -> None:
+    def _prepare_sqlite_file(self, create: bool) -> bool:
+        """Check the path; make its folder for a new file. Whether the file is new."""
         path = Path(self._sa_url.database or "")
         if path.exists():
             if path.is_dir():
                 raise StoreError(f"cannot open store {self.url}: {path} is a folder, not a file")
-            return
+            return False
         if not create:
             raise StoreError(
                 f"cannot open store {self.url}: {path} does not exist "
@@ -366,6 +369,7 @@ class SQLStore(CachedVecStore):
             raise StoreError(
                 f"cannot open store {self.url}: {exc.strerror}: {path.parent}"
             ) from exc
+        return True
 
     def _ensure_schema(self, create: bool) -> None:
         """Check the schema revision; create or upgrade SQLite files that are ours."""
