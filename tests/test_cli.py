@@ -328,12 +328,27 @@ def test_file_that_is_not_utf8(ws: Workspace) -> None:
     assert not ws.index.exists()
 
 
+def test_unreadable_file(ws: Workspace) -> None:
+    (ws.corpus / "gone.md").symlink_to(ws.root / "deleted-target.md")
+    assert "cannot read" in error_line(cli("ingest", ws.corpus, *ws.where))
+    assert not ws.index.exists()
+
+
+@pytest.mark.parametrize("command", ["ingest", "query", "stats"])
+def test_store_that_cannot_be_opened(ws: Workspace, command: str) -> None:
+    (ws.root / "plain-file").write_text("not a folder")
+    args: dict[str, list[str | Path]] = {"ingest": [ws.corpus], "query": ["a question"]}
+    error_line(cli(command, *args.get(command, []), "--index", ws.index,
+                   "--store", f"sqlite:///{ws.root / 'plain-file' / 'cache.db'}"))
+
+
 @pytest.mark.parametrize("command", ["ingest", "query", "stats", "prune", "reindex"])
 def test_unknown_store_scheme(ws: Workspace, command: str) -> None:
     ws.fake_ingest()
-    at = ["--index", ws.index]
-    args = {"ingest": [ws.corpus, *at], "query": ["a question", *at], "reindex": at,
-            "prune": ["--older-than", "1d"]}
+    at: list[str | Path] = ["--index", ws.index]
+    args: dict[str, list[str | Path]] = {
+        "ingest": [ws.corpus, *at], "query": ["a question", *at], "reindex": at,
+        "prune": ["--older-than", "1d"]}
     line = error_line(cli(command, *args.get(command, []), "--store", "bogus://cache"))
     assert "unknown store scheme 'bogus'" in line
 
