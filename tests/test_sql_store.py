@@ -452,3 +452,22 @@ def test_a_new_file_whose_setup_fails_is_removed(
     with pytest.raises(StoreError, match="disk full"):
         SQLStore(f"sqlite:///{tmp_path}/new.db")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_writer_waits_for_another_and_gives_up_clearly(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path}/busy.db"
+    SQLStore(url).close()
+    blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    with SQLStore(url, busy_timeout=0.2) as impatient:
+        with pytest.raises(StoreError, match="locked"):
+            impatient.mset([("k", b"never")])
+    released = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))
+    released.start()
+    with SQLStore(url, busy_timeout=30) as patient:
+        patient.mset([("k", b"v")])  # waits for the lock instead of failing
+        assert patient.mget(["k"]) == [b"v"]
+    released.join()
+    blocker.close()
