@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -35,17 +36,26 @@ def _emit(as_json: bool, payload: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(payload, default=str) if as_json else text)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: unwind, keep everything consistent, exit."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one line and an exit code."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return func(*args, **kwargs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("interrupted: the index was left as it was; vectors already "
                        "cached are kept and the next run reuses them", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(exc, _Terminated) else 130)
         except CachedVecError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
@@ -53,8 +63,29 @@ def handle_errors(func: F) -> F:
             where = f": {exc.filename}" if exc.filename else ""
             click.echo(f"error: {exc.strerror or exc}{where}", err=True)
             sys.exit(1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Group(click.Group):
+    """Usage mistakes get the same one ``error:`` line as library errors."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see: cachedvec {exc.ctx.command_path.split(' ', 1)[-1]} --help)" \
+                if exc.ctx and " " in exc.ctx.command_path else " (see: cachedvec --help)"
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 index_option = click.option("--index", "index", default=DEFAULT_INDEX, show_default=True,
@@ -68,7 +99,7 @@ model_option = click.option("--model", default=None,
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cachedvec")
 def main() -> None:
     """cachedvec: cached embeddings and vector search.
@@ -93,15 +124,16 @@ def main() -> None:
               default="incremental", show_default=True,
               help="incremental: delete sources gone from the given paths; full: delete every "
                    "source not seen in this run; none: never delete.")
-@click.option("--factory", default="Flat", show_default=True,
-              help="FAISS factory string for a new index (Flat, HNSW32, IVF256,Flat...).")
+@click.option("--factory", default=None,
+              help="FAISS factory string for a new index (default Flat; HNSW32, IVF256,Flat...). "
+                   "To change an existing index, use reindex.")
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine",
               show_default=True, help="Metric for a new index.")
 @click.option("--batch-size", default=64, show_default=True, help="Texts per model call.")
 @json_option
 @handle_errors
 def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, chunk_size: int,
-           chunk_overlap: int, text_field: str, cleanup: str, factory: str, metric: str,
+           chunk_overlap: int, text_field: str, cleanup: str, factory: str | None, metric: str,
            batch_size: int, as_json: bool) -> None:
     """Bring an index in line with text, Markdown and JSON Lines files.
 
@@ -176,7 +208,8 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
               help="New metric (default: keep).")
 @store_option
 @click.option("--model", default=None,
-              help="Re-embed under another model; only vectors missing under it are computed.")
+              help="Re-embed under another model (a folder, a cached name, or 'default' for "
+                   "the bundled one); only vectors missing under it are computed.")
 @click.option("--compute-missing", is_flag=True,
               help="Embed vectors missing from the cache instead of stopping.")
 @json_option
@@ -193,8 +226,14 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
     """
     from cachedvec.reindexing import reindex as run
 
-    report = run(index, factory=factory, metric=metric, store=store,
-                 model=_model_arg(model) if model else None, compute_missing=compute_missing)
+    if model == "default":
+        from cachedvec.models import default_model
+
+        switch_to: Any = default_model()
+    else:
+        switch_to = model  # None keeps the index's model
+    report = run(index, factory=factory, metric=metric, store=store, model=switch_to,
+                 compute_missing=compute_missing)
     _emit(as_json, report.as_dict(),
           f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
           f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
@@ -217,10 +256,10 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
     """
     from cachedvec.codec import VectorCodec
     from cachedvec.index import read_manifest
-    from cachedvec.stores import open_store
+    from cachedvec.stores import open_store, redact_url
 
-    payload: dict[str, Any] = {"store": store, "namespaces": [], "indexes": []}
-    lines = [f"cache {store}"]
+    payload: dict[str, Any] = {"store": redact_url(store), "namespaces": [], "indexes": []}
+    lines = [f"cache {redact_url(store)}"]
     with open_store(store) as opened:
         for ns, st in opened.namespace_stats().items():
             parts = ns.split(":")
@@ -279,7 +318,7 @@ def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run:
       cachedvec prune --store sqlite:///cache.db --index a --index b --older-than 30d
     """
     from cachedvec.index import VectorIndex
-    from cachedvec.stores import open_store
+    from cachedvec.stores import open_store, redact_url
 
     age = _parse_duration(older_than)
     if not indexes and age is None:
@@ -291,7 +330,8 @@ def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run:
     with open_store(store) as opened:
         dropped = opened.prune(age or 0.0, keep=keep, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
-    _emit(as_json, {"store": store, "pruned": dropped, "kept": len(keep), "dry_run": dry_run},
+    _emit(as_json, {"store": redact_url(store), "pruned": dropped, "kept": len(keep),
+                    "dry_run": dry_run},
           f"{verb} {dropped} entries; kept {len(keep)} used by {len(indexes)} index(es)")
 
 
@@ -310,6 +350,9 @@ def migrate(store: str, revision: str, as_json: bool) -> None:
     from cachedvec import migrate as migrations
     from cachedvec.stores import redact_url
 
+    if not store.lower().startswith(("sqlite", "postgresql", "postgres")):
+        raise ConfigError(f"migrate works on SQL caches (sqlite:///..., postgresql+psycopg://...);"
+                          f" {redact_url(store)!r} has no schema to migrate")
     migrations.upgrade(store, revision)
     current = migrations.current(store)
     _emit(as_json, {"store": redact_url(store), "revision": current},

