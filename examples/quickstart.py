@@ -3,7 +3,7 @@
 The first pass runs the bundled all-MiniLM-L6-v2 model on every chunk; the
 second finds every vector in the cache and never loads the model.
 
-    python examples/quickstart.py [--store sqlite:///.cachedvec/quickstart.db]
+    python examples/quickstart.py [--store sqlite:///.cachedvec/quickstart.db] [--corpus DIR]
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from cachedvec import CachedEmbeddings
 CORPUS = Path(__file__).parent / "corpus"
 
 
-def paragraphs() -> list[str]:
+def paragraphs(corpus: Path) -> list[str]:
     """The corpus split on blank lines: small enough chunks for a quick demo."""
     texts = []
-    for path in sorted(CORPUS.rglob("*.md")) + sorted(CORPUS.rglob("*.txt")):
+    for path in sorted(corpus.rglob("*.md")) + sorted(corpus.rglob("*.txt")):
         if path.name == "README.md":
             continue
         texts += [p.strip() for p in path.read_text("utf-8").split("\n\n") if p.strip()]
@@ -30,11 +30,12 @@ def paragraphs() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default="sqlite:///.cachedvec/quickstart.db")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="folder of .md/.txt files")
     args = parser.parse_args()
     if args.store.startswith("sqlite:///"):
         Path(args.store[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    texts = paragraphs()
-    print(f"{len(texts)} paragraphs from {CORPUS}")
+    texts = paragraphs(args.corpus)
+    print(f"{len(texts)} paragraphs from {args.corpus}")
     for run in ("first", "second"):
         with CachedEmbeddings(store=args.store) as emb:
             start = time.perf_counter()
