@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -101,16 +102,23 @@ def per_query(
     """Total time of each contender over all queries, best of ``repeat`` rounds.
 
     The contenders take turns query by query, so a burst of load from another
-    process hits them all alike instead of whichever ran during it.
+    process hits them all alike instead of whichever ran during it, in a
+    shuffled order: a search right after a multi-threaded one runs about 20%
+    slower here (OpenMP's idle threads keep spinning on the other core), so
+    no contender may always follow the same one.
     """
     best = dict.fromkeys(contenders, float("inf"))
     clock = time.perf_counter
+    names = list(contenders)
+    order = random.Random(0)
     for _ in range(repeat):
         totals = dict.fromkeys(contenders, 0.0)
         gc.disable()
         try:
             for query in queries:
-                for name, function in contenders.items():
+                order.shuffle(names)
+                for name in names:
+                    function = contenders[name]
                     start = clock()
                     function(query)
                     totals[name] += clock() - start

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cachedvec.errors import (
     IndexCorruptError,
@@ -349,3 +352,42 @@ def test_planted_files_are_never_executed(tmp_path: Path) -> None:
     loaded = VectorIndex.load(tmp_path)
     assert len(loaded) == 5
     assert not marker.exists()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 400) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+)
+manifest_fields = st.sampled_from(
+    ["format_version", "dim", "metric", "factory", "search", "fingerprint", "counts", "files"]
+)
+
+
+@pytest.fixture(scope="module")
+def saved_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("template")
+    make_index(n=5).save(folder)
+    return folder
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.dictionaries(manifest_fields, json_values, max_size=3),
+    raw=st.binary(max_size=64),
+)
+def test_any_manifest_gives_a_clear_error_or_a_valid_index(
+    changes: dict[str, Any],
+    raw: bytes,
+    saved_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    folder = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(saved_template, folder, dirs_exist_ok=True)
+    rewrite_manifest(folder, lambda data: data.update(changes))
+    for _ in range(2):
+        try:
+            VectorIndex.load(folder)
+        except (IndexCorruptError, IndexMismatchError):
+            pass
+        (folder / "manifest.json").write_bytes(raw)  # then arbitrary bytes

@@ -200,6 +200,8 @@ def load_folder(
                 raise IndexCorruptError(
                     f"index folder {folder} is missing a file its manifest names"
                 ) from None
+        except OSError as exc:  # a directory where a file should be, permissions...
+            raise IndexCorruptError(f"cannot read index folder {folder}: {exc}") from exc
     raise IndexCorruptError(f"index folder {folder} kept changing while being read")
 
 
@@ -217,7 +219,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         raise IndexCorruptError(f"{path} is larger than any manifest cachedvec writes")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise IndexCorruptError(f"{path} is not valid JSON ({exc})") from exc
     return _parse_manifest(data, path)
 
@@ -273,8 +275,8 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
     try:
         manifest = Manifest(
             dim=_int(data["dim"], 1),
-            metric=data["metric"],
-            factory=data["factory"],
+            metric=_known_metric(data["metric"]),
+            factory=_text(data["factory"]),
             search={str(key): _int(value, 1) for key, value in data["search"].items()},
             fingerprint=data["fingerprint"],
             counts={name: _int(data["counts"][name], 0) for name in _COUNTS},
@@ -284,8 +286,6 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
         )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise IndexCorruptError(f"{path} is malformed: {exc!r}") from exc
-    if manifest.metric not in METRICS or not isinstance(manifest.factory, str):
-        raise IndexCorruptError(f"{path} names an unknown metric or factory")
     if manifest.fingerprint is not None and not isinstance(manifest.fingerprint, dict):
         raise IndexCorruptError(f"{path} has a malformed fingerprint")
     return manifest
@@ -302,6 +302,18 @@ def _file_entry(entry: Any) -> dict[str, Any]:
     if not isinstance(digest, str) or not _SHA256.match(digest):
         raise ValueError(f"bad sha256 {digest!r}")
     return {"name": name, "bytes": _int(size, 0), "sha256": digest}
+
+
+def _known_metric(value: Any) -> str:
+    if not isinstance(value, str) or value not in METRICS:
+        raise ValueError(f"unknown metric {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
 
 
 def _int(value: Any, minimum: int) -> int:

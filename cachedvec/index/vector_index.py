@@ -405,30 +405,32 @@ class VectorIndex:
         out_ids = np.full((len(matrix), k), -1, dtype=np.int64)
         verdicts: dict[int, bool] = {}
         pending = np.arange(len(matrix))
-        fetch = min(live, max(fetch_k or 0, 4 * k, 20))
+        # Candidates are cheap next to the scan that finds them (a flat index
+        # reads every vector whatever k is), so the first round asks for
+        # enough that a filter matching one document in ten needs no second.
+        fetch = min(live, max(fetch_k or 0, 16 * k, 100))
         # Past this many candidates, testing every document's metadata once
         # costs about as much as another round, and is exact.
         scan_limit = max(4 * k, live // 8)
         while True:
             scores, ids = self._faiss.search(matrix[pending], fetch)
-            self._judge(ids, predicate, verdicts)
-            matched_total = seen_total = 0
-            still = []
-            for row, query in enumerate(pending):
-                keep = [j for j, v in enumerate(ids[row]) if v >= 0 and verdicts[int(v)]][:k]
-                seen_total += int((ids[row] >= 0).sum())
-                matched_total += len(keep)
-                if len(keep) == k or (fetch >= live and _saw_everything(ids[row])):
-                    out_ids[query, : len(keep)] = ids[row, keep]
-                    out_scores[query, : len(keep)] = scores[row, keep]
-                else:
-                    still.append(query)
-            pending = np.array(still, dtype=np.int64)
+            passed = self._judge(ids, predicate, verdicts)
+            matched = passed.sum(axis=1)
+            done = matched >= k
+            if fetch >= live:  # a search that asked for everything and got it is complete
+                done |= (ids >= 0).all(axis=1)
+            for row in np.flatnonzero(done):
+                columns = np.flatnonzero(passed[row])[:k]
+                out_ids[pending[row], : len(columns)] = ids[row, columns]
+                out_scores[pending[row], : len(columns)] = scores[row, columns]
+            short = ~done
+            pending = pending[short]
             if len(pending) == 0:
                 return out_scores, out_ids
             if fetch >= live:  # asked for every vector and still short: go exact
                 break
-            rate = max(matched_total, 1) / max(seen_total, 1)
+            seen = int((ids[short] >= 0).sum())
+            rate = max(int(matched[short].sum()), 1) / max(seen, 1)
             fetch = min(live, max(2 * fetch, math.ceil(1.5 * k / rate)))
             if fetch > scan_limit:
                 break
@@ -437,14 +439,19 @@ class VectorIndex:
         out_ids[pending, : ids.shape[1]] = ids
         return out_scores, out_ids
 
-    def _judge(self, ids: Ids, predicate: Predicate, verdicts: dict[int, bool]) -> None:
-        unknown = [int(v) for v in np.unique(ids) if v >= 0 and int(v) not in verdicts]
-        if not unknown:
-            return
-        metadata = self._docs.metadata_of(unknown)
-        for vector_id in unknown:
-            text = metadata.get(vector_id)
-            verdicts[vector_id] = text is not None and predicate(json.loads(text))
+    def _judge(
+        self, ids: Ids, predicate: Predicate, verdicts: dict[int, bool]
+    ) -> npt.NDArray[np.bool_]:
+        """Which candidates pass the filter; metadata read once per vector id."""
+        flat = ids.ravel().tolist()
+        unknown = list({v for v in flat if v >= 0 and v not in verdicts})
+        if unknown:
+            metadata = self._docs.metadata_of(unknown)
+            for vector_id in unknown:
+                text = metadata.get(vector_id)
+                verdicts[vector_id] = text is not None and predicate(json.loads(text))
+        passed = [v >= 0 and verdicts[v] for v in flat]
+        return np.array(passed, dtype=bool).reshape(ids.shape)
 
     def _matching(self, predicate: Predicate) -> Ids:
         """Vector ids of every document whose metadata passes the filter."""
@@ -594,9 +601,12 @@ class VectorIndex:
         opened._docs = docstore
         opened._count = len(live)
         opened._next_vector_id = int(max(stored.max(initial=-1), live.max(initial=-1))) + 1
-        opened.fingerprint = (
-            ModelFingerprint.from_dict(manifest.fingerprint) if manifest.fingerprint else None
-        )
+        try:
+            opened.fingerprint = (
+                ModelFingerprint.from_dict(manifest.fingerprint) if manifest.fingerprint else None
+            )
+        except ConfigError as exc:
+            raise IndexCorruptError(f"index {path}: {exc}") from exc
         opened._lock = ReadWriteLock()
         return opened
 
@@ -609,12 +619,6 @@ class VectorIndex:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _saw_everything(row_ids: Ids) -> bool:
-    # A search asking for every vector saw them all only if no slot came back
-    # empty (IVF probes and HNSW graphs can miss some).
-    return bool((row_ids >= 0).all())
 
 
 def _search_settings(faiss_index: FaissIndex) -> dict[str, int]:
