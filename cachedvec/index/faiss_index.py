@@ -39,7 +39,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from cachedvec.errors import ConfigError, DimensionError
+from cachedvec.errors import ConfigError, DimensionError, VectorIndexError
 
 Matrix = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
@@ -155,6 +155,12 @@ class FaissIndex:
             self.ef_search = _positive("ef_search", ef_search or DEFAULT_EF_SEARCH)
         if self._ivf is not None:
             self.nprobe = _positive("nprobe", nprobe or default_nprobe(self._ivf.nlist))
+        # Inverted lists memory-mapped from a lists file (an on-disk build,
+        # see builder.py) are for serving: a write would change the committed
+        # file in place, and FAISS aborts the process on a read-only one.
+        self.read_only = self._ivf is not None and isinstance(
+            faiss.downcast_InvertedLists(self._ivf.invlists), faiss.OnDiskInvertedLists
+        )
         self._removes = _can_remove(index)
         self._tombstones: set[int] = set()
         self._exclusion: Any = None  # IDSelector over the tombstones, built lazily
@@ -245,6 +251,7 @@ class FaissIndex:
 
         All or nothing: if FAISS fails part way, what it took is removed.
         """
+        self._check_writable()
         if not self._index.is_trained:
             self.train(vectors)
         before = self.ntotal
@@ -260,11 +267,20 @@ class FaissIndex:
         """Remove ids for real, or tombstone them where FAISS cannot remove."""
         if len(ids) == 0:
             return
+        self._check_writable()
         if self._removes:
             self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64)))
         else:
             self._tombstones.update(int(i) for i in ids)
             self._exclusion = None
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise VectorIndexError(
+                f"this {self.factory!r} index keeps its inverted lists in a memory-mapped file "
+                "(an on-disk build) and is read-only: rebuild it in memory to change it "
+                "(cachedvec reindex --layout memory)"
+            )
 
     def reconstruct(self, ids: Ids) -> Matrix:
         """The stored vectors of ``ids`` (normalised for cosine; decoded for PQ)."""
