@@ -176,3 +176,14 @@ def test_any_input_compiles_or_raises_filter_error_and_never_fails_to_evaluate(
         return
     assert predicate is not None
     assert predicate(metadata) in (True, False)
+
+
+def test_nesting_is_limited_with_a_filter_error() -> None:
+    spec: dict[str, Any] = {"a": 1}
+    for _ in range(31):
+        spec = {"$not": spec}
+    assert matches(spec, {"a": 1}) is False  # 31 negations
+    for _ in range(5000):
+        spec = {"$not": spec}
+    with pytest.raises(FilterError, match="nested"):
+        compile_filter(spec)

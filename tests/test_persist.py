@@ -189,6 +189,69 @@ def test_a_save_that_fails_before_the_swap_leaves_the_old_folder(
     assert len(VectorIndex.load(tmp_path)) == 300
 
 
+def test_an_interrupt_after_the_commit_keeps_the_new_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = make_index(n=5)
+    index.save(tmp_path)
+    index.add(vectors(1, seed=9), ["sixth"], ids=["d5"])
+    real_replace = os.replace
+
+    def replace_then_interrupt(source: Any, target: Any) -> None:
+        real_replace(source, target)
+        raise KeyboardInterrupt  # Ctrl-C landing as the rename returns
+
+    monkeypatch.setattr(persist.os, "replace", replace_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        index.save(tmp_path)
+    monkeypatch.undo()
+    assert len(VectorIndex.load(tmp_path)) == 6
+
+
+def test_leftovers_of_killed_saves_are_removed_by_the_next_save(tmp_path: Path) -> None:
+    index = make_index(n=5)
+    index.save(tmp_path)
+    token = "0123456789abcdef"
+    leftovers = [
+        f"docstore-{token}.sqlite",
+        f"docstore-{token}.sqlite-journal",
+        f"index-{token}.faiss",
+        f"manifest.json.{token}.tmp",
+    ]
+    for name in leftovers:
+        (tmp_path / name).write_bytes(b"\0" * 64)
+    (tmp_path / f"notes-{token}.sqlite-journal").write_text("not ours")
+    index.save(tmp_path)
+    assert not [name for name in leftovers if (tmp_path / name).exists()]
+    assert (tmp_path / f"notes-{token}.sqlite-journal").exists()
+    assert not [
+        p for p in tmp_path.iterdir() if p.name.endswith("-journal") and "docstore" in p.name
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(b"text 3", b"t\xffxt 3"), (b'{"n": 3, "source": "s0"}', b'{"n": 3, "source": "s0"]')],
+    ids=["text-not-utf8", "metadata-not-json"],
+)
+def test_a_damaged_row_behind_a_valid_checksum_is_a_corrupt_error(
+    old: bytes, new: bytes, tmp_path: Path
+) -> None:
+    make_index(n=10).save(tmp_path)
+    path = file_of(tmp_path, "docstore")
+    content = path.read_bytes()
+    assert content.count(old) == 1
+    path.write_bytes(content.replace(old, new))
+    reseal_file(tmp_path, "docstore")
+    loaded = VectorIndex.load(tmp_path)
+    with pytest.raises(IndexCorruptError, match="docstore"):
+        list(loaded.records())
+    with pytest.raises(IndexCorruptError, match="docstore"):
+        loaded.search(vectors(10)[3], 10, filter={"n": {"$gte": 0}})
+    with pytest.raises(IndexCorruptError, match="docstore"):
+        loaded.search(vectors(10)[3], 10)
+
+
 def test_a_save_into_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

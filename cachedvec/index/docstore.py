@@ -157,87 +157,80 @@ class DocStore:
 
     # -- reads --------------------------------------------------------------
 
+    def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a query; a row SQLite cannot decode means a damaged file."""
+        with self._mutex:
+            try:
+                return self._db.execute(sql, parameters).fetchall()
+            except sqlite3.DatabaseError as exc:  # e.g. text that is not UTF-8
+                raise IndexCorruptError(f"docstore row is damaged: {exc}") from exc
+
     def vector_ids_of(self, ids: Sequence[str]) -> dict[str, int]:
         """The vector id of each given document id that exists."""
-        with self._mutex:
-            rows = self._db.execute(_VECTOR_IDS_BY_IDS, (json.dumps(list(ids)),)).fetchall()
-        return dict(rows)
+        return dict(self._read(_VECTOR_IDS_BY_IDS, (json.dumps(list(ids)),)))
 
     def hits(self, vector_ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
-        """``vector_id -> (id, text, metadata JSON)`` in one query (search results)."""
-        with self._mutex:
-            rows = self._db.execute(_BY_VECTOR_IDS, (_json_ints(vector_ids),)).fetchall()
+        """``vector_id -> (id, text, metadata JSON)`` in one query (search results).
+
+        Metadata stays JSON text: each hit parses its own copy
+        (:func:`parse_metadata`), so results never share a mutable dict.
+        """
+        rows = self._read(_BY_VECTOR_IDS, (_json_ints(vector_ids),))
         return {row[0]: row[1:] for row in rows}
 
     def metadata_of(self, vector_ids: Sequence[int]) -> dict[int, str]:
         """``vector_id -> metadata JSON`` for filter evaluation."""
-        with self._mutex:
-            rows = self._db.execute(_METADATA_BY_VECTOR_IDS, (_json_ints(vector_ids),)).fetchall()
-        return dict(rows)
+        return dict(self._read(_METADATA_BY_VECTOR_IDS, (_json_ints(vector_ids),)))
 
     def iter_metadata(self, batch: int = 10_000) -> Iterator[list[tuple[int, str]]]:
         """Every ``(vector_id, metadata JSON)``, in batches, for full-scan filters."""
         last = -(2**63)
-        while True:
-            with self._mutex:
-                rows = self._db.execute(
-                    "SELECT vector_id, metadata FROM documents WHERE vector_id > ? "
-                    "ORDER BY vector_id LIMIT ?",
-                    (last, batch),
-                ).fetchall()
-            if not rows:
-                return
+        while rows := self._read(
+            "SELECT vector_id, metadata FROM documents WHERE vector_id > ? "
+            "ORDER BY vector_id LIMIT ?",
+            (last, batch),
+        ):
             yield rows
             last = rows[-1][0]
 
     def records(self, ids: Sequence[str]) -> list[Record]:
         """The records of the given ids that exist, in the order asked, once each."""
         wanted = list(dict.fromkeys(ids))
-        with self._mutex:
-            rows = self._db.execute(_BY_IDS, (json.dumps(wanted),)).fetchall()
-        found = {row[1]: row for row in rows}
+        found = {row[1]: row for row in self._read(_BY_IDS, (json.dumps(wanted),))}
         return [_record(found[doc_id]) for doc_id in wanted if doc_id in found]
 
     def iter_records(self, batch: int = 10_000) -> Iterator[Record]:
         """Every record in vector id order (the order ``vector_ids()`` returns)."""
         last = -(2**63)
-        while True:
-            with self._mutex:
-                rows = self._db.execute(
-                    "SELECT vector_id, id, text, metadata, cache_key, source FROM documents "
-                    "WHERE vector_id > ? ORDER BY vector_id LIMIT ?",
-                    (last, batch),
-                ).fetchall()
-            if not rows:
-                return
+        while rows := self._read(
+            "SELECT vector_id, id, text, metadata, cache_key, source FROM documents "
+            "WHERE vector_id > ? ORDER BY vector_id LIMIT ?",
+            (last, batch),
+        ):
             yield from (_record(row) for row in rows)
             last = rows[-1][0]
 
     def vector_ids(self) -> np.ndarray:
         """All vector ids, ascending, as int64."""
-        with self._mutex:
-            rows = self._db.execute("SELECT vector_id FROM documents ORDER BY vector_id").fetchall()
+        rows = self._read("SELECT vector_id FROM documents ORDER BY vector_id")
         return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def ids_of_sources(self, sources: Iterable[str]) -> list[str]:
         """Document ids whose metadata ``source`` is one of ``sources``."""
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT d.id FROM json_each(?) AS j JOIN documents AS d ON d.source = j.value",
-                (json.dumps(list(sources)),),
-            ).fetchall()
+        rows = self._read(
+            "SELECT d.id FROM json_each(?) AS j JOIN documents AS d ON d.source = j.value",
+            (json.dumps(list(sources)),),
+        )
         return [row[0] for row in rows]
 
     def sources(self) -> list[str]:
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT DISTINCT source FROM documents WHERE source IS NOT NULL ORDER BY source"
-            ).fetchall()
+        rows = self._read(
+            "SELECT DISTINCT source FROM documents WHERE source IS NOT NULL ORDER BY source"
+        )
         return [row[0] for row in rows]
 
     def __len__(self) -> int:
-        with self._mutex:
-            return int(self._db.execute("SELECT count(*) FROM documents").fetchone()[0])
+        return int(self._read("SELECT count(*) FROM documents")[0][0])
 
     # -- files --------------------------------------------------------------
 
@@ -245,6 +238,10 @@ class DocStore:
         """Write a consistent copy to ``path`` (replaced if present) and fsync it."""
         target = _connect(os.fspath(path))
         try:
+            # A fresh file that nothing names until the manifest commits needs
+            # no journal (one a killed save would leave behind); we fsync below.
+            target.execute("PRAGMA journal_mode = OFF")
+            target.execute("PRAGMA synchronous = OFF")
             with self._mutex:
                 self._db.backup(target)
         finally:
@@ -300,9 +297,20 @@ def _check_schema(connection: sqlite3.Connection) -> None:
         )
 
 
+def parse_metadata(text: str) -> dict[str, Any]:
+    """A stored metadata JSON object; anything else means a damaged docstore."""
+    try:
+        metadata = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise IndexCorruptError(f"docstore metadata is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise IndexCorruptError("docstore metadata is not a JSON object")
+    return metadata
+
+
 def _record(row: tuple[Any, ...]) -> Record:
     vector_id, doc_id, text, metadata, cache_key, source = row
-    return Record(doc_id, text, json.loads(metadata), cache_key, source, vector_id)
+    return Record(doc_id, text, parse_metadata(metadata), cache_key, source, vector_id)
 
 
 def _json_ints(values: Iterable[int]) -> str:

@@ -13,8 +13,9 @@ Operators: ``$eq $ne $gt $gte $lt $lte $in $nin`` on a field, ``$and $or``
 (a list of filters) and ``$not`` (one filter) at any level. A callable
 ``metadata -> bool`` is accepted too, as LangChain's FAISS does.
 
-The whole filter is validated when compiled, so a malformed one raises
-:class:`FilterError` before any search runs. Evaluation never raises:
+The whole filter is validated when compiled, so a malformed one (or one
+nested more than 32 levels deep) raises :class:`FilterError` before any
+search runs. Evaluation never raises:
 
 - a missing field matches only ``$ne`` and ``$nin``;
 - comparisons between types that do not order (a string and a number)
@@ -43,6 +44,9 @@ _ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {
     "$lte": operator.le,
 }
 _FIELD_OPERATORS = {"$eq", "$ne", "$in", "$nin", *_ORDERINGS}
+# Deep enough for any hand-written or generated filter; shallow enough that
+# compiling and evaluating (both recursive) stay far from Python's limit.
+MAX_DEPTH = 32
 _LOGICAL_OPERATORS = {"$and", "$or", "$not"}
 
 
@@ -52,7 +56,7 @@ def compile_filter(spec: Filter | None) -> Predicate | None:
         return None
     if callable(spec) and not isinstance(spec, Mapping):
         return _guard_callable(spec)
-    return _compile_mapping(spec, "filter")
+    return _compile_mapping(spec, "filter", 0)
 
 
 def _guard_callable(function: Callable[[Metadata], Any]) -> Predicate:
@@ -62,7 +66,9 @@ def _guard_callable(function: Callable[[Metadata], Any]) -> Predicate:
     return predicate
 
 
-def _compile_mapping(spec: Any, where: str) -> Predicate:
+def _compile_mapping(spec: Any, where: str, depth: int) -> Predicate:
+    if depth > MAX_DEPTH:
+        raise FilterError(f"filter is nested more than {MAX_DEPTH} levels deep")
     if not isinstance(spec, Mapping):
         raise FilterError(f"{where} must be a dict, got {type(spec).__name__}")
     if not spec:
@@ -72,7 +78,7 @@ def _compile_mapping(spec: Any, where: str) -> Predicate:
         if not isinstance(key, str):
             raise FilterError(f"{where}: field names must be strings, got {key!r}")
         if key in _LOGICAL_OPERATORS:
-            parts.append(_compile_logical(key, condition, f"{where}.{key}"))
+            parts.append(_compile_logical(key, condition, f"{where}.{key}", depth))
         elif key.startswith("$"):
             raise FilterError(f"{where}: unknown operator {key!r}")
         else:
@@ -80,13 +86,13 @@ def _compile_mapping(spec: Any, where: str) -> Predicate:
     return parts[0] if len(parts) == 1 else _all_of(parts)
 
 
-def _compile_logical(op: str, argument: Any, where: str) -> Predicate:
+def _compile_logical(op: str, argument: Any, where: str, depth: int) -> Predicate:
     if op == "$not":
-        inner = _compile_mapping(argument, where)
+        inner = _compile_mapping(argument, where, depth + 1)
         return lambda metadata: not inner(metadata)
     if not isinstance(argument, (list, tuple)):
         raise FilterError(f"{where} takes a list of filters, got {type(argument).__name__}")
-    parts = [_compile_mapping(sub, f"{where}[{i}]") for i, sub in enumerate(argument)]
+    parts = [_compile_mapping(sub, f"{where}[{i}]", depth + 1) for i, sub in enumerate(argument)]
     return _all_of(parts) if op == "$and" else _any_of(parts)
 
 

@@ -73,7 +73,12 @@ MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _MAX_MANIFEST_BYTES = 1 << 20
 _DATA_FILE = re.compile(r"^(index|docstore)-[0-9a-f]{16}\.(faiss|sqlite)$")
-_TEMP_MANIFEST = re.compile(r"^manifest\.json\.[0-9a-f]{16}\.tmp$")
+# What a killed save can leave: our data files, SQLite's journals of them,
+# and temporary manifests. Only names we create are ever deleted.
+_LEFTOVER = re.compile(
+    r"^((index|docstore)-[0-9a-f]{16}\.(faiss|sqlite(-journal|-wal|-shm)?)"
+    r"|manifest\.json\.[0-9a-f]{16}\.tmp)$"
+)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 22
 
@@ -172,8 +177,11 @@ def _save_locked(
         _fsync_file(temp_manifest)
         os.replace(temp_manifest, folder / MANIFEST)  # the commit point
     except BaseException:
-        for leftover in (index_file, docstore_file, temp_manifest):
-            leftover.unlink(missing_ok=True)
+        # An interrupt (Ctrl-C) can land after the rename took effect: then
+        # the new files are the index and must stay.
+        if not _names(folder, index_file.name):
+            for leftover in (index_file, docstore_file, temp_manifest):
+                leftover.unlink(missing_ok=True)
         raise
     _fsync_dir(folder)
     _remove_stale(folder, keep={index_file.name, docstore_file.name})
@@ -373,12 +381,17 @@ def _exclusive(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _names(folder: Path, file_name: str) -> bool:
+    """Whether the committed manifest names ``file_name``."""
+    try:
+        return file_name in (folder / MANIFEST).read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def _remove_stale(folder: Path, keep: set[str]) -> None:
     for entry in folder.iterdir():
-        name = entry.name
-        if name in keep:
-            continue
-        if _DATA_FILE.match(name) or _TEMP_MANIFEST.match(name):
+        if entry.name not in keep and _LEFTOVER.match(entry.name):
             entry.unlink(missing_ok=True)
 
 

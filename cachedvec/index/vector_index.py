@@ -19,7 +19,6 @@ come back whenever ``k`` documents match.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -32,7 +31,7 @@ import numpy.typing as npt
 
 from cachedvec.errors import ConfigError, IndexCorruptError
 from cachedvec.index import persist
-from cachedvec.index.docstore import DocStore, Record
+from cachedvec.index.docstore import DocStore, Record, parse_metadata
 from cachedvec.index.faiss_index import FaissIndex, Ids, Matrix
 from cachedvec.index.filters import Filter, Predicate, compile_filter
 from cachedvec.index.mmr import mmr_select
@@ -449,7 +448,7 @@ class VectorIndex:
             metadata = self._docs.metadata_of(unknown)
             for vector_id in unknown:
                 text = metadata.get(vector_id)
-                verdicts[vector_id] = text is not None and predicate(json.loads(text))
+                verdicts[vector_id] = text is not None and predicate(parse_metadata(text))
         passed = [v >= 0 and verdicts[v] for v in flat]
         return np.array(passed, dtype=bool).reshape(ids.shape)
 
@@ -460,7 +459,7 @@ class VectorIndex:
                 vector_id
                 for batch in self._docs.iter_metadata()
                 for vector_id, text in batch
-                if predicate(json.loads(text))
+                if predicate(parse_metadata(text))
             ],
             dtype=np.int64,
         )
@@ -501,7 +500,7 @@ class VectorIndex:
             keep &= scores <= score_threshold if self.metric == "l2" else scores >= score_threshold
         found = vector_ids[keep].tolist()
         rows = self._docs.hits(found) if found else {}
-        loads = json.loads
+        loads = parse_metadata
         results = []
         for row_scores, row_ids, row_keep in zip(
             scores.tolist(), vector_ids.tolist(), keep.tolist(), strict=True
