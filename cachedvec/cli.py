@@ -9,6 +9,7 @@ index as it was.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import sys
@@ -73,6 +74,11 @@ class _Group(click.Group):
     """Usage mistakes get the same one ``error:`` line as library errors."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        # Errors reach the user as one line from us; a library logging the
+        # same failure (SQLAlchemy's pool on an interrupted close) would add
+        # a traceback.
+        logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
+        logging.getLogger("sqlalchemy").propagate = False
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -185,7 +191,7 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
 
     try:
         filter_ = json.loads(filter_json) if filter_json else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
     hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
                        filter=filter_)

@@ -110,7 +110,9 @@ def load_records(index_dir: Path) -> dict[str, dict[str, Any]]:
         return {}
     except (OSError, ValueError) as exc:
         raise IndexCorruptError(f"cannot read ingestion records {path}: {exc}") from exc
-    sources = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise IndexCorruptError(f"ingestion records {path} are not a JSON object")
+    sources = data.get("sources")
     if data.get("format_version") != RECORDS_VERSION or not isinstance(sources, dict):
         raise IndexCorruptError(f"ingestion records {path} are not in a known format")
     return {k: v for k, v in sources.items() if isinstance(v, dict)}

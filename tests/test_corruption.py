@@ -434,9 +434,6 @@ def test_an_index_from_a_newer_cachedvec_is_refused_and_never_overwritten(
     FIGURES.add("newer-format index folders refused by a CLI command")
 
 
-@pytest.mark.xfail(strict=True, reason="ingestion.py:114 load_records calls data.get() before "
-                   "checking that ingest.json holds an object: AttributeError, not "
-                   "IndexCorruptError")
 @pytest.mark.parametrize("content", ["[]", "1", '"text"', "null"])
 def test_ingestion_records_that_are_not_an_object_are_a_clear_error(
     content: str, corpus: Path, tmp_path: Path

@@ -631,8 +631,6 @@ def test_ctrl_c_just_after_the_commit_keeps_a_loadable_index(
         assert len(loaded) in (1, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py leaves logging unconfigured: SQLAlchemy's pool "
-                   "logs a Ctrl-C that lands in a connection close with a full traceback")
 def test_ctrl_c_while_a_store_closes_prints_one_line(server: ForkServer, tmp_path: Path) -> None:
     corpus = Corpus(tmp_path / "corpus", random.Random(67), files=2)
     out = server.run(cli_job, log=str(tmp_path / "log"), interrupt_store_close=True, argv=[

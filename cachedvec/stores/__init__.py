@@ -13,10 +13,11 @@ URL                                    store
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cachedvec.errors import InvalidURLError
+from cachedvec.errors import CachedVecError, InvalidURLError, StoreError
 from cachedvec.stores.base import CachedVecStore
 from cachedvec.stores.memory import MemoryStore
 
@@ -25,16 +26,18 @@ __all__ = ["CachedVecStore", "MemoryStore", "open_store", "redact_url"]
 SCHEMES = ("memory", "file", "sqlite", "postgresql", "diskcache")
 
 
+# user:password@ up to the last "@" of the authority, and password=... in a query.
+_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """The URL with any password replaced by ``***``, for messages and logs.
+
+    A regular expression rather than a URL parser, so that even a URL too
+    broken to parse never leaks its password into an error message.
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
 def _local_path(url: str, scheme: str) -> str:
@@ -60,6 +63,19 @@ def open_store(url: str, **options: Any) -> CachedVecStore:
             f"{redact_url(url)!r} is not a store URL: expected one of "
             + ", ".join(f"{s}://" for s in SCHEMES)
         )
+    try:
+        return _open(url, options)
+    except CachedVecError:
+        raise
+    except (ValueError, TypeError, OverflowError, LookupError) as exc:
+        # The URL's parts reached a parser (pathlib, SQLAlchemy, a driver)
+        # that rejected them: the URL is at fault.
+        raise InvalidURLError(f"bad store URL {redact_url(url)!r}: {exc}") from exc
+    except Exception as exc:
+        raise StoreError(f"cannot open store {redact_url(url)!r}: {exc}") from exc
+
+
+def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
     scheme = url.split("://", 1)[0].lower()
     family = scheme.split("+", 1)[0]
     if family == "memory":
