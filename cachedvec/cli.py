@@ -218,16 +218,31 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
                    "the bundled one); only vectors missing under it are computed.")
 @click.option("--compute-missing", is_flag=True,
               help="Embed vectors missing from the cache instead of stopping.")
+@click.option("--layout", type=click.Choice(["memory", "ondisk"]), default="memory",
+              show_default=True,
+              help="ondisk (IVF only): inverted lists in a memory-mapped file beside the index, "
+                   "for indexes larger than RAM; read-only until rebuilt.")
+@click.option("--batch-size", default=20_000, show_default=True,
+              help="Vectors read from the cache and added at a time.")
+@click.option("--train-size", type=int, default=None,
+              help="Cached vectors sampled to train IVF/PQ (default 65536, or 40 per IVF list).")
+@click.option("--nprobe", type=int, default=None,
+              help="IVF lists searched per query (default: 1/16 of them, at least 8).")
 @json_option
 @handle_errors
 def reindex(index: str, factory: str | None, metric: str | None, store: str,
-            model: str | None, compute_missing: bool, as_json: bool) -> None:
+            model: str | None, compute_missing: bool, layout: str, batch_size: int,
+            train_size: int | None, nprobe: int | None, as_json: bool) -> None:
     """Rebuild an index from cached vectors, with zero model calls.
+
+    From the cache the rebuild streams: it trains on a sample and adds the
+    vectors in batches, never holding them all in memory.
 
     \b
     Examples:
       cachedvec reindex --factory HNSW32
       cachedvec reindex --factory "IVF256,PQ16" --json
+      cachedvec reindex --factory "IVF4096,PQ96" --layout ondisk --train-size 200000
       cachedvec reindex --model /models/bge-small   # switch models
     """
     from cachedvec.reindexing import reindex as run
@@ -239,7 +254,8 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
     else:
         switch_to = model  # None keeps the index's model
     report = run(index, factory=factory, metric=metric, store=store, model=switch_to,
-                 compute_missing=compute_missing)
+                 compute_missing=compute_missing, layout=layout, batch_size=batch_size,
+                 train_size=train_size, nprobe=nprobe)
     _emit(as_json, report.as_dict(),
           f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
           f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "

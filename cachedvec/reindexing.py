@@ -1,13 +1,21 @@
 """Rebuild an index from cached vectors: a new index type without the model.
 
 The docstore records each document's cache key, so a rebuild reads every
-vector back from the byte store and never calls a model. IVF/PQ and
-transforms such as ``PCA128,HNSW32`` are trained on those cached vectors. If
-some vectors are not in the cache (pruned, or a store that was replaced) the
-rebuild stops and says how many, unless ``compute_missing`` is set.
+vector back from the byte store and never calls a model. If some vectors are
+not in the cache (pruned, or a store that was replaced) the rebuild stops and
+says how many, unless ``compute_missing`` is set.
 
-With ``model=...`` the documents are re-embedded under another model: only
-vectors that model's namespace lacks are computed.
+From the cache, the rebuild *streams*: the documents stay in their docstore,
+IVF/PQ and transforms such as ``PCA128,HNSW32`` are trained on a random
+sample of ``train_size`` cached vectors, and the vectors are then read and
+added ``batch_size`` at a time, so the float32 matrix of the whole corpus is
+never in memory (1M 384-d vectors would be 1.5 GB). ``layout="ondisk"``
+writes IVF inverted lists to a memory-mapped file beside the index instead
+of keeping them in RAM (see :mod:`cachedvec.index.builder`).
+
+With ``model=...`` (or ``compute_missing``) the documents go through
+:class:`CachedEmbeddings` instead: only vectors that the model's namespace
+lacks are computed, and the new index is built in memory.
 
 The new index is written with the same atomic folder swap as every save: a
 reader or a crash sees the old index or the new one.
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +34,25 @@ import numpy as np
 
 from cachedvec.codec import VectorCodec
 from cachedvec.embeddings import CachedEmbeddings
-from cachedvec.errors import IndexMismatchError, MissingVectorsError
-from cachedvec.index import Record, VectorIndex
+from cachedvec.errors import ConfigError, IndexMismatchError, MissingVectorsError
+from cachedvec.index import DocStore, Record, VectorIndex
+from cachedvec.index.builder import (
+    DEFAULT_BLOCK_SIZE,
+    IndexBuilder,
+    open_docstore,
+    save_rebuilt,
+)
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, progress, record_run, slices
 from cachedvec.keys import ModelFingerprint
 from cachedvec.stores import open_store
+from cachedvec.stores.base import CachedVecStore
 
 _READ_BATCH = 4096
+DEFAULT_BATCH_SIZE = 20_000
+#: Training vectors when ``train_size`` is not given: enough for PQ codebooks
+#: (256 centroids per sub-quantizer) and at least 40 per IVF list.
+DEFAULT_TRAIN_SIZE = 65_536
+_VECTORS_PER_LIST = 40
 
 
 @dataclass
@@ -44,9 +65,23 @@ class ReindexReport:
     computed: int = 0
     seconds: float = 0.0
     index: str = ""
+    streamed: bool = False  # built batch by batch from the cache
+    layout: str = "memory"
+    trained_on: int = 0  # vectors in the training sample (0: nothing to train)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ivf_pq_factory(n: int, dim: int) -> str:
+    """A sensible IVF-PQ factory string for ``n`` vectors of ``dim`` (see docs/scaling.md).
+
+    About ``sqrt(n)`` lists (a power of two, at least 16) and one PQ byte per
+    4 dimensions, the densest common split that keeps recall@10 near 0.9.
+    """
+    nlist = max(16, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
+    m = next(m for m in (dim // 4, dim // 2, dim) if m and dim % m == 0 and m <= 256)
+    return f"IVF{nlist},PQ{m}"
 
 
 def reindex(
@@ -58,72 +93,175 @@ def reindex(
     model: Any = None,
     compute_missing: bool = False,
     show_progress: bool | None = None,
+    layout: str = "memory",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    train_size: int | None = None,
+    nprobe: int | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> ReindexReport:
     """Rebuild the index at ``index`` from the cache (see the module docs).
 
     ``factory``/``metric`` default to the current ones. ``model`` switches
     the index to another model. Raises :class:`MissingVectorsError` when
     vectors are missing and ``compute_missing`` is false (nothing changes).
+
+    Streaming options (rebuilds from the cache only): ``layout`` is
+    ``"memory"`` or ``"ondisk"`` (IVF only: inverted lists in a memory-mapped
+    file, written in blocks of ``block_size`` vectors); ``batch_size``
+    vectors are read from the store at a time; ``train_size`` vectors
+    (default: 65,536, or 40 per IVF list if more) are sampled for training;
+    ``nprobe`` sets the IVF lists searched per query.
     """
     started = time.perf_counter()
     index_dir = Path(index)
+    for name, value in (("batch_size", batch_size), ("train_size", train_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if model is not None or compute_missing:
+        if layout != "memory":
+            raise ConfigError(
+                "the on-disk layout streams vectors from the cache: first rebuild with "
+                "--model/--compute-missing, then again with --layout ondisk")
+        report = _rebuild_with_model(index_dir, factory, metric, store, model, compute_missing,
+                                     nprobe, show_progress)
+    else:
+        report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
+                                    train_size, nprobe, block_size, show_progress)
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.index = str(index_dir)
+    record_run(index_dir, "reindex", report.as_dict())
+    return report
+
+
+def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
+                       store_url: str, layout: str, batch_size: int, train_size: int | None,
+                       nprobe: int | None, block_size: int,
+                       show_progress: bool | None) -> ReindexReport:
+    """Keep the docstore; build a new FAISS index from cached vectors, batch by batch."""
+    docstore, manifest = open_docstore(index_dir)
+    try:
+        factory, metric = factory or manifest.factory, metric or manifest.metric
+        n = len(docstore)
+        with (
+            IndexBuilder(manifest.dim, metric=metric, factory=factory, layout=layout,
+                         folder=index_dir, block_size=block_size, nprobe=nprobe) as builder,
+            open_store(store_url) as store,
+        ):
+            reader = _CacheReader(store, manifest.dim)
+            trained_on = 0
+            if builder.needs_training and n:
+                wanted = train_size or max(DEFAULT_TRAIN_SIZE, _VECTORS_PER_LIST * builder.nlist)
+                sample = reader.sample(docstore, min(wanted, n))
+                if not reader.missing:
+                    builder.train(sample)
+                    trained_on = len(sample)
+                del sample
+            # A miss means nothing will be saved: the rest is only read to count
+            # the misses (so the error says how many), never added.
+            complete, reader.missing = not reader.missing, 0
+            batches = progress(_key_batches(docstore, batch_size),
+                               total=-(-n // batch_size), desc="indexing", unit="batch",
+                               enabled=show_progress)
+            for vector_ids, keys in batches:
+                vectors = reader.read(keys)
+                if complete and not reader.missing:
+                    builder.add(vectors, vector_ids)
+            if reader.missing:
+                _raise_missing(reader.missing, n, store_url)
+            built = builder.finish()
+            save_rebuilt(index_dir, built, docstore, fingerprint=manifest.fingerprint,
+                         lists_file=builder.lists_file)
+    finally:
+        docstore.close()
+    fingerprint = manifest.fingerprint or {}
+    return ReindexReport(documents=n, factory=factory, metric=metric,
+                         model=str(fingerprint.get("model", "")), cache_hits=n, computed=0,
+                         streamed=True, layout=layout, trained_on=trained_on)
+
+
+class _CacheReader:
+    """Reads vectors by key, counting the ones the cache does not hold."""
+
+    def __init__(self, store: CachedVecStore, dim: int) -> None:
+        self._store = store
+        self._codec = VectorCodec(dim)
+        self.missing = 0
+
+    def read(self, keys: list[str]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(keys), _READ_BATCH):
+            block, absent, corrupt = self._codec.decode_many(
+                self._store.mget(keys[start:start + _READ_BATCH]))
+            self.missing += len(absent) + len(corrupt)
+            parts.append(block)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def sample(self, docstore: DocStore, size: int, seed: int = 0) -> np.ndarray:
+        """``size`` vectors of documents drawn uniformly at random (one docstore pass)."""
+        chosen = np.sort(np.random.default_rng(seed).choice(len(docstore), size, replace=False))
+        keys: list[str] = []
+        position = 0
+        for _vector_ids, batch_keys in _key_batches(docstore, 50_000):
+            end = position + len(batch_keys)
+            left, right = np.searchsorted(chosen, [position, end])
+            keys += [batch_keys[i - position] for i in chosen[left:right]]
+            position = end
+        return self.read(keys)
+
+
+def _key_batches(docstore: DocStore, size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """``(vector ids, cache keys)`` of every document, ``size`` at a time, in id order."""
+    ids: list[int] = []
+    keys: list[str] = []
+    for record in docstore.iter_records():
+        ids.append(record.vector_id)
+        keys.append(record.cache_key or "")  # no key: never in the cache, so missing
+        if len(ids) == size:
+            yield np.array(ids, dtype=np.int64), keys
+            ids, keys = [], []
+    if ids:
+        yield np.array(ids, dtype=np.int64), keys
+
+
+def _raise_missing(missing: int, total: int, store_url: str) -> None:
+    raise MissingVectorsError(
+        f"{missing} of {total} vectors are not in the cache {store_url}; "
+        "nothing was changed. Pass --compute-missing to embed them again "
+        "(this needs the model), or point --store at the cache the index was built from",
+        missing,
+    )
+
+
+def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None,
+                        store: str, model: Any, compute_missing: bool, nprobe: int | None,
+                        show_progress: bool | None) -> ReindexReport:
+    """Vectors through the model's cache (computing what it lacks), built in memory."""
     old = VectorIndex.load(index_dir)
     try:
         records = list(old.records())
         factory, metric = factory or old.factory, metric or old.metric
-        switching = model is not None
-        if switching or compute_missing:
-            vectors, keys, fingerprint, hits, computed = _embedded(
-                records, model, old.fingerprint, store, switching, show_progress)
-        else:
-            vectors, hits = _from_cache(records, store, old.dim, show_progress)
-            keys = [r.cache_key for r in records]
-            fingerprint, computed = old.fingerprint, 0
+        vectors, keys, fingerprint, hits, computed = _embedded(
+            records, model, old.fingerprint, store, model is not None, show_progress)
         fresh = VectorIndex(vectors.shape[1] if len(vectors) else old.dim, metric=metric,
-                            factory=factory, fingerprint=fingerprint)
+                            factory=factory, fingerprint=fingerprint, nprobe=nprobe)
     finally:
         old.close()
     try:
         if records:
             fresh.train(vectors)
-            for part in progress(list(slices(range(len(records)), 50_000)), desc="indexing",
-                                 unit="batch", enabled=show_progress):
-                rows = [records[i] for i in part]
-                fresh.add(vectors[part.start:part.stop], [r.text for r in rows],
+            starts = range(0, len(records), 50_000)
+            for start in progress(starts, desc="indexing", unit="batch", enabled=show_progress):
+                stop = start + 50_000
+                rows = records[start:stop]
+                fresh.add(vectors[start:stop], [r.text for r in rows],
                           [r.metadata for r in rows], ids=[r.id for r in rows],
-                          cache_keys=keys[part.start:part.stop])
+                          cache_keys=keys[start:stop])
         fresh.save(index_dir)
     finally:
         fresh.close()
-    report = ReindexReport(
-        documents=len(records), factory=factory, metric=metric,
-        model=fingerprint.model if fingerprint else "", cache_hits=hits, computed=computed,
-        seconds=round(time.perf_counter() - started, 3), index=str(index_dir))
-    record_run(index_dir, "reindex", report.as_dict())
-    return report
-
-
-def _from_cache(records: list[Record], store_url: str, dim: int,
-                show_progress: bool | None) -> tuple[np.ndarray, int]:
-    """Every record's vector from the byte store, with zero model calls."""
-    codec = VectorCodec(dim)
-    matrix = np.empty((len(records), dim), np.float32)
-    missing = 0
-    with open_store(store_url) as store:
-        for part in progress(list(slices(range(len(records)), _READ_BATCH)), desc="reading",
-                             unit="batch", enabled=show_progress):
-            keys = [records[i].cache_key or "" for i in part]
-            block, absent, corrupt = codec.decode_many(store.mget(keys))
-            missing += len(absent) + len(corrupt)
-            matrix[part.start:part.stop] = block
-    if missing:
-        raise MissingVectorsError(
-            f"{missing} of {len(records)} vectors are not in the cache {store_url}; "
-            "nothing was changed. Pass --compute-missing to embed them again "
-            "(this needs the model), or point --store at the cache the index was built from",
-            missing,
-        )
-    return matrix, len(records)
+    return ReindexReport(documents=len(records), factory=factory, metric=metric,
+                         model=fingerprint.model, cache_hits=hits, computed=computed)
 
 
 def _embedded(records: list[Record], model: Any, current: ModelFingerprint | None,

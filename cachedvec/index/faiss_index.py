@@ -158,8 +158,9 @@ class FaissIndex:
         # Inverted lists memory-mapped from a lists file (an on-disk build,
         # see builder.py) are for serving: a write would change the committed
         # file in place, and FAISS aborts the process on a read-only one.
-        self.read_only = self._ivf is not None and isinstance(
-            faiss.downcast_InvertedLists(self._ivf.invlists), faiss.OnDiskInvertedLists
+        lists = self._ivf.invlists if self._ivf is not None else None
+        self.read_only = lists is not None and isinstance(
+            faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists
         )
         self._removes = _can_remove(index)
         self._tombstones: set[int] = set()
