@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import signal
 import sqlite3
 import sys
@@ -38,7 +37,6 @@ import pytest
 
 from cachedvec import open_store
 from cachedvec.codec import VectorCodec
-from cachedvec.errors import IndexCorruptError
 from cachedvec.index import VectorIndex
 from cachedvec.keys import KeyEncoder
 from cachedvec.testing import FakeEmbeddings
@@ -449,9 +447,8 @@ def test_store_writers_soak(kind: str, server: ForkServer, tmp_path: Path,
 
 
 def data_files(folder: Path) -> list[str]:
-    """Files of an index folder besides the manifest and the lock, journals apart."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json", ".lock")
-                  and not p.name.endswith("-journal"))
+    """Files of an index folder besides the manifest and the lock."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("manifest.json", ".lock"))
 
 
 def save_loop(server: ForkServer, tmp: Path, factory: str, kills: int, seed: int) -> None:
@@ -489,16 +486,11 @@ def save_loop(server: ForkServer, tmp: Path, factory: str, kills: int, seed: int
         else:
             assert out.returncode == 0, out.stderr
             window = out.seconds
-            # A completed save removes what killed saves left behind (but see
-            # test_a_save_removes_journals_of_killed_saves).
+            # A completed save removes whatever killed saves left behind.
             names = data_files(folder)
             assert len(names) == 2 and names[0].startswith("docstore-"), names
-    journals = [p for p in folder.iterdir() if p.name.endswith("-journal")]
-    FIGURES.add(f"index save ({factory}): SQLite journals left by killed saves", len(journals))
 
 
-@pytest.mark.xfail(strict=True, reason="persist._remove_stale misses docstore-*.sqlite-journal "
-                   "files that a save killed inside DocStore.save_to leaves behind")
 def test_a_save_removes_journals_of_killed_saves(tmp_path: Path) -> None:
     index = VectorIndex(DIM, fingerprint=FakeEmbeddings(DIM).fingerprint)
     index.add(truth(["a text"]), ["a text"], ids=["a"])
@@ -526,24 +518,12 @@ def test_index_saves_soak(factory: str, server: ForkServer, tmp_path: Path) -> N
 # ------------------------------------------------------------------ Ctrl-C (CLI)
 
 
-# SQLAlchemy logs, with its traceback, a KeyboardInterrupt that lands while it
-# closes a pooled connection (then re-raises it, so the exit is still clean).
-# test_ctrl_c_while_a_store_closes_prints_one_line pins that bug; until it is
-# fixed the loop below counts such exits instead of failing at random.
-_POOL_CLOSE_LOG = re.compile(
-    r"^Exception closing connection .*?\nKeyboardInterrupt\n", re.DOTALL | re.MULTILINE)
-
-
-def assert_clean_interrupt(out: Outcome, *, tolerate_pool_log: bool = False) -> None:
+def assert_clean_interrupt(out: Outcome) -> None:
     """Ctrl-C: exit 130 and one readable line, never a traceback."""
     assert out.returncode == 130, (out.returncode, out.stderr)
-    stderr = out.stderr
-    if tolerate_pool_log and _POOL_CLOSE_LOG.search(stderr):
-        FIGURES.add("CLI: Ctrl-C exits that printed SQLAlchemy's close traceback (bug)")
-        stderr = _POOL_CLOSE_LOG.sub("", stderr)
-    lines = stderr.strip().splitlines()
+    lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted:"), out.stderr
-    assert "Traceback" not in stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_ctrl_c_on_the_cli_exits_cleanly(server: ForkServer, tmp_path: Path) -> None:
@@ -572,21 +552,12 @@ def test_ctrl_c_on_the_cli_exits_cleanly(server: ForkServer, tmp_path: Path) -> 
         out, events = run(kill_after=rng.uniform(0.005, window), sig=signal.SIGINT,
                           argv=argv)
         if out.signalled and out.returncode != 0:
-            assert_clean_interrupt(out, tolerate_pool_log=True)
+            assert_clean_interrupt(out)
             interrupted += 1
             FIGURES.add("CLI: Ctrl-C exits (130, one line, no traceback)")
             present = check_store(store, universe)
             lost_in_flight(events, present, universe, 4)
-            try:
-                landed = index_state(index)
-            except IndexCorruptError as exc:
-                # test_ctrl_c_just_after_the_commit_keeps_a_loadable_index pins
-                # this bug; until it is fixed, count it and start the index over.
-                if "missing a file its manifest names" not in str(exc):
-                    raise
-                FIGURES.add("CLI: Ctrl-C just after the commit lost the index (bug)")
-                (index / "manifest.json").unlink()
-                landed = good = None
+            landed = index_state(index)
             before = present
             out, events = run(argv=argv)
         else:
@@ -603,9 +574,6 @@ def test_ctrl_c_on_the_cli_exits_cleanly(server: ForkServer, tmp_path: Path) -> 
         good = current
 
 
-@pytest.mark.xfail(strict=True, reason="persist.py:174-176 deletes the new data files when a "
-                   "Ctrl-C lands just after os.replace committed the manifest naming them: "
-                   "every later load fails, the index is lost")
 def test_ctrl_c_just_after_the_commit_keeps_a_loadable_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
