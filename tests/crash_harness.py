@@ -246,6 +246,60 @@ def _interrupt_first_store_close() -> None:
     SQLStore.close = store_close  # type: ignore[method-assign]
 
 
+def fd_limit_job(urls: dict[str, str], index: str, save: bool, limit: int = 256) -> None:
+    """Use every store and load (and ``save``) the index with 0, 1, 2... descriptors to spare.
+
+    Prints one JSON list of outcomes: ``{"free", "target", "ok"}`` plus, for
+    a failure, the exception's type, whether it is a cachedvec error, and
+    its message.
+    """
+    import gc
+    import resource
+
+    from cachedvec import CachedEmbeddings
+    from cachedvec.errors import CachedVecError
+    from cachedvec.index import VectorIndex
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    model = FakeEmbeddings(DIM)  # before the descriptors run out: it imports numpy.random
+    outcomes = []
+
+    def attempt(free: int, target: str, work: Callable[[], Any]) -> None:
+        outcome: dict[str, Any] = {"free": free, "target": target, "ok": True}
+        try:
+            work()
+        except Exception as exc:
+            outcome.update(ok=False, type=type(exc).__name__, message=str(exc),
+                           cachedvec=isinstance(exc, CachedVecError))
+        outcomes.append(outcome)
+        gc.collect()  # what a failed attempt opened is released before the next
+
+    def embed(url: str, free: int) -> None:
+        with CachedEmbeddings(model, url) as emb:
+            emb.embed_documents_array(["kept one", "kept two", f"new text {free}"])
+
+    def load_and_save() -> None:
+        with VectorIndex.load(index) as loaded:
+            if save:
+                loaded.save(index)
+
+    for free in range(8):
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        for fd in held[len(held) - free:]:
+            os.close(fd)
+        for kind, url in sorted(urls.items()):
+            attempt(free, kind, lambda url=url, free=free: embed(url, free))
+        attempt(free, "index", load_and_save)
+        for fd in held[: len(held) - free]:
+            os.close(fd)
+    print(json.dumps(outcomes))
+
+
 # ------------------------------------------------------------------ fork server
 
 _PRELOAD = (
@@ -277,6 +331,7 @@ class ForkServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tests.crash_harness"], cwd=REPO, env=env,
