@@ -38,6 +38,13 @@ def _report_figures() -> Iterator[None]:
     FIGURES.report()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
+    forks = ForkServer(tmp_path_factory.mktemp("children"))
+    yield forks
+    forks.close()
+
+
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True)
 
@@ -217,8 +224,8 @@ def test_a_read_only_folder_gives_clear_errors_and_keeps_everything(
 # ---------------------------------------------------------- too many open files
 
 
-def run_out_of_descriptors(tmp_path: Path, make_store_url: Callable[[str], str],
-                           save: bool) -> None:
+def run_out_of_descriptors(server: ForkServer, tmp_path: Path,
+                           make_store_url: Callable[[str], str], save: bool) -> None:
     """Use every store and the index with 0..7 spare descriptors; check what happened."""
     urls = {kind: make_store_url(kind) for kind in [*LOCAL_KINDS, "postgres"]}
     for url in urls.values():
@@ -226,11 +233,7 @@ def run_out_of_descriptors(tmp_path: Path, make_store_url: Callable[[str], str],
             emb.embed_documents_array(["kept one", "kept two"])
     index = tmp_path / "index"
     build_index(index, 30)
-    server = ForkServer(tmp_path / "children")
-    try:
-        out = server.run(fd_limit_job, urls=urls, index=str(index), save=save)
-    finally:
-        server.close()
+    out = server.run(fd_limit_job, urls=urls, index=str(index), save=save)
     assert out.returncode == 0, out.stderr
     outcomes = json.loads(out.stdout)
     failures = [o for o in outcomes if not o["ok"]]
@@ -253,14 +256,14 @@ def run_out_of_descriptors(tmp_path: Path, make_store_url: Callable[[str], str],
 
 
 def test_too_many_open_files_is_a_clear_error_and_corrupts_nothing(
-    tmp_path: Path, make_store_url: Callable[[str], str]
+    server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str]
 ) -> None:
-    run_out_of_descriptors(tmp_path, make_store_url, save=False)
+    run_out_of_descriptors(server, tmp_path, make_store_url, save=False)
 
 
 @pytest.mark.xfail(strict=True, reason="persist.py save_folder catches OSError only: FAISS "
                    "cannot open its file (EMFILE) and raises RuntimeError, which escapes")
 def test_too_many_open_files_during_an_index_save_is_a_clear_error(
-    tmp_path: Path, make_store_url: Callable[[str], str]
+    server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str]
 ) -> None:
-    run_out_of_descriptors(tmp_path, make_store_url, save=True)
+    run_out_of_descriptors(server, tmp_path, make_store_url, save=True)
