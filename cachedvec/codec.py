@@ -144,6 +144,23 @@ class VectorCodec:
                 except CodecError:
                     continue
 
+    def _decode_batch(self, values: Sequence[bytes]) -> Matrix | None:
+        """All ``values`` as one matrix if every one is intact, else None.
+
+        Each check runs at C speed over the whole batch: lengths through
+        ``map(len)``, headers as one numpy comparison after a single join,
+        CRCs through ``map(zlib.crc32)``, with no Python frame per value.
+        """
+        size = self._size
+        if not values or min(map(len, values)) != size or max(map(len, values)) != size:
+            return None
+        rows = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), size)
+        if not (rows[:, : HEADER.size] == np.frombuffer(self._header, np.uint8)).all():
+            return None
+        if not all(map(_RESIDUE.__eq__, map(zlib.crc32, values))):
+            return None
+        return rows[:, HEADER.size : size - CRC.size].view(_DTYPES[self._code])
+
     def decode_many(self, values: Sequence[bytes | None]) -> tuple[Matrix, list[int], list[int]]:
         """Decode a batch into one float32 matrix.
 
@@ -153,37 +170,32 @@ class VectorCodec:
         zero and must be filled by the caller.
         """
         n = len(values)
-        missing = [i for i, v in enumerate(values) if v is None] if None in values else []
+        if None in values:
+            present = [i for i, v in enumerate(values) if v is not None]
+            missing = [i for i, v in enumerate(values) if v is None]
+        else:
+            present, missing = list(range(n)), []
         if self.dim is None:
             self._learn_dim(values)
         if self.dim is None:
             # Nothing decodes, so nothing tells us the dimension: all corrupt.
-            corrupt = [i for i, v in enumerate(values) if v is not None]
-            return np.zeros((n, 0), np.float32), missing, corrupt
-        dim, size, header = self.dim, self._size, self._header
-        out = np.empty((n, dim), dtype=np.float32)
-        # Fast path: every value is present, of our exact layout and intact.
-        # Each check runs at C speed over the whole batch: lengths through
-        # map(len), headers as one numpy comparison after a single join, and
-        # the CRCs through map(crc32) with no Python frame per value.
-        if not missing and n:
-            lengths = list(map(len, values))  # type: ignore[arg-type]
-            if min(lengths) == size == max(lengths):
-                joined = b"".join(values)  # type: ignore[arg-type]
-                rows = np.frombuffer(joined, np.uint8).reshape(n, size)
-                if (rows[:, : HEADER.size] == np.frombuffer(header, np.uint8)).all() and all(
-                    map(_RESIDUE.__eq__, map(zlib.crc32, values))  # type: ignore[arg-type]
-                ):
-                    out[:] = rows[:, HEADER.size : size - CRC.size].view(_DTYPES[self._code])
-                    return out, [], []
+            return np.zeros((n, 0), np.float32), missing, present
+        if not present:
+            return np.zeros((n, self.dim), np.float32), missing, []
+        given = values if not missing else [values[i] for i in present]
+        batch = self._decode_batch(given)  # type: ignore[arg-type]
+        if batch is not None:
+            if not missing:
+                return np.ascontiguousarray(batch, dtype=np.float32), [], []
+            out = np.zeros((n, self.dim), np.float32)
+            out[present] = batch
+            return out, missing, []
+        # Something in the batch is damaged: find out what, value by value.
+        out = np.zeros((n, self.dim), np.float32)
         corrupt = []
-        for i, v in enumerate(values):
-            if v is None:
-                out[i] = 0.0
-                continue
+        for i in present:
             try:
-                out[i] = self.decode(v)
+                out[i] = self.decode(values[i])  # type: ignore[arg-type]
             except CodecError:
-                out[i] = 0.0
                 corrupt.append(i)
         return out, missing, corrupt

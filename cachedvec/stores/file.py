@@ -1,9 +1,11 @@
 """``file:///dir``: one file per key, in hashed sub-folders, written atomically.
 
-Layout: ``<root>/<aa>/<bb>/<escaped key>`` where ``aa``/``bb`` are the first
-two bytes of a blake2b digest of the key (65,536 folders: ten million keys
-leave ~150 files per folder) and the file name is the key percent-escaped
-down to ``[A-Za-z0-9_.~-]``. Escaping is reversible, so ``yield_keys`` reads
+Layout: ``<root>/<aa>/<escaped key>`` where ``aa`` is the first byte of a
+blake2b digest of the key (256 folders: ten million keys leave ~40,000 files
+per folder, which ext4's and XFS's hashed directories handle well; deeper
+trees cost a 4 KiB directory block per leaf folder, which for small stores
+doubled the disk used per vector) and the file name is the key
+percent-escaped down to ``[A-Za-z0-9_.~-]``. Escaping is reversible, so ``yield_keys`` reads
 keys back from names; a leading ``.`` is escaped too, so a key can never
 name ``.``, ``..`` or one of our hidden temporary files, and a name can never
 hold a path separator. Nothing a key says can leave the root.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,13 +37,21 @@ _MAX_NAME = 240  # stay under the common 255-byte file name limit
 _TMP_PREFIX = ".tmp-"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~:-]+")
+
+
 def _escape(key: str) -> str:
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"store keys must be non-empty strings, got {key!r}")
-    try:
-        name = quote(key, safe="")
-    except UnicodeEncodeError as exc:
-        raise InvalidKeyError(f"key {key!r} is not valid Unicode") from exc
+    if _PLAIN.fullmatch(key):
+        # cachedvec's own keys: only ':' needs escaping (quote() would walk
+        # the key a character at a time in Python).
+        name = key.replace(":", "%3A")
+    else:
+        try:
+            name = quote(key, safe="")
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(f"key {key!r} is not valid Unicode") from exc
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > _MAX_NAME:
@@ -55,6 +66,8 @@ class FileStore(CachedVecStore):
         self.root = Path(root).expanduser()
         self.url = f"file://{self.root}"
         self.durable = durable
+        self._root = str(self.root)
+        self._shards_made: set[str] = set()  # saves a mkdir call per write
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -62,10 +75,10 @@ class FileStore(CachedVecStore):
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise StoreError(f"cannot open file store {self.url}: folder is not readable")
 
-    def _path(self, key: str) -> Path:
+    def _path(self, key: str) -> str:
         name = _escape(key)
-        digest = hashlib.blake2b(key.encode("utf-8"), digest_size=2).hexdigest()
-        return self.root / digest[:2] / digest[2:] / name
+        shard = hashlib.blake2b(key.encode("utf-8"), digest_size=1).hexdigest()
+        return f"{self._root}/{shard}/{name}"
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
@@ -87,11 +100,14 @@ class FileStore(CachedVecStore):
                 raise StoreError(f"file store values must be bytes, got {type(value).__name__}")
             self._write(self._path(key), bytes(value))
 
-    def _write(self, path: Path, value: bytes) -> None:
+    def _write(self, path: str, value: bytes) -> None:
         tmp = None
+        shard = os.path.dirname(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+            if shard not in self._shards_made:
+                os.makedirs(shard, exist_ok=True)
+                self._shards_made.add(shard)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=shard)
             with os.fdopen(fd, "wb") as f:
                 f.write(value)
                 if self.durable:
@@ -129,19 +145,18 @@ class FileStore(CachedVecStore):
         return out
 
     def _files(self) -> Iterator[os.DirEntry[str]]:
-        """Every entry file under the two shard levels, skipping anything foreign."""
-        for top in _subdirs(self.root):
-            for leaf in _subdirs(Path(top.path)):
-                with os.scandir(leaf.path) as it:
-                    for entry in it:
-                        if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                            yield entry
+        """Every entry file in the shard folders, skipping anything foreign."""
+        for shard in _subdirs(self.root):
+            with os.scandir(shard.path) as it:
+                for entry in it:
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                        yield entry
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         for entry in self._files():
             key = unquote(entry.name)
-            if prefix is None or key.startswith(prefix):
-                yield key
+            if (prefix is None or key.startswith(prefix)) and self._path(key) == entry.path:
+                yield key  # (a file whose name does not hash to its folder is foreign)
 
 
 def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
