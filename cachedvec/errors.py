@@ -79,3 +79,7 @@ class MissingVectorsError(CachedVecError):
 
 class SourceError(CachedVecError):
     """An ingestion source cannot be read (missing, binary, not UTF-8)."""
+
+
+class ClusterError(CachedVecError):
+    """A Ray cluster cannot be reached or used for distributed ingestion."""
