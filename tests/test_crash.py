@@ -247,7 +247,7 @@ def count_missing(universe: Universe, texts: list[str], before: set[str],
     return sum(key not in before for key in universe.keys(unique, model))
 
 
-def note_kill(target: str, out: Outcome, lost: int | None = None) -> None:
+def note_kill(target: str, lost: int | None = None) -> None:
     FIGURES.add(f"{target}: SIGKILLs survived")
     if lost is not None:
         FIGURES.add(f"{target}: vectors lost in flight (at most one batch each)", lost)
@@ -276,7 +276,7 @@ def ingest_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
         if out.killed:
             killed += 1
             present = check_store(store, universe)
-            note_kill("ingest", out, lost_in_flight(events, present, universe, 4))
+            note_kill("ingest", lost_in_flight(events, present, universe, 4))
             landed.append(index_state(index))
             if rng.random() < 0.3:
                 continue  # crash again before any run completes
@@ -295,10 +295,8 @@ def ingest_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
                         else "ingest: kills after the new index was committed")
         good, landed = current, []
         corpus.mutate()
-    # The cache and index are complete: one more run has nothing to do.
-    report = finished(run()[0])
-    if report["added"] or report["deleted"]:
-        report = finished(run()[0])  # the corpus changed after the last run
+    finished(run()[0])  # the corpus as the last round changed it
+    report = finished(run()[0])  # then nothing is left to do
     assert (report["added"], report["updated"], report["deleted"], report["computed"]) == (
         0, 0, 0, 0)
 
@@ -347,7 +345,7 @@ def reindex_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
             present = check_store(store, universe, None if killed % 5 == 0 else touched)
             if model is None:
                 assert not events, "a reindex from the cache called the model"
-            note_kill("reindex", out, lost_in_flight(events, present, universe, 256))
+            note_kill("reindex", lost_in_flight(events, present, universe, 256))
             landed = index_state(index)
             assert landed is not None and landed["docs"] == good["docs"]
             if landed == good:
@@ -416,7 +414,7 @@ def store_loop(server: ForkServer, tmp: Path, url: str, kind: str, kills: int,
             # Every entry now and then (a crash might damage what it did not
             # write); the run's own keys after every kill.
             present = check_store(url, universe, None if killed % 5 == 0 else keys)
-            note_kill(f"{kind} store writer", out, lost_in_flight(events, present, universe, 4))
+            note_kill(f"{kind} store writer", lost_in_flight(events, present, universe, 4))
             pending = texts
             continue
         stats = finished(out)
@@ -480,7 +478,7 @@ def save_loop(server: ForkServer, tmp: Path, factory: str, kills: int, seed: int
         committed = version
         if out.killed:
             killed += 1
-            note_kill(f"index save ({factory})", out)
+            note_kill(f"index save ({factory})")
             if saving and (not saved or saving[-1] != saved[-1]):
                 FIGURES.add(f"index save ({factory}): kills during a save")
         else:
