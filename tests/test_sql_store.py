@@ -29,7 +29,7 @@ from cachedvec.errors import (
 from cachedvec.keys import KeyEncoder
 from cachedvec.stores.base import OTHER_KEYS, CachedVecStore
 from cachedvec.stores.sql import SQLStore
-from cachedvec.stores.sql_schema import SQLITE_APPLICATION_ID, VERSION_TABLE
+from cachedvec.stores.sql_schema import SCHEMA_REVISION, SQLITE_APPLICATION_ID, VERSION_TABLE
 from tests.postgres import PostgresServer
 
 DIALECTS = ["sqlite", "postgres"]
@@ -442,16 +442,23 @@ def test_missing_postgres_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch
     assert "hunter2" not in str(info.value)
 
 
-def test_a_new_file_whose_setup_fails_is_removed(
+def test_a_new_file_whose_setup_fails_is_set_up_by_the_next_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The half-made file is kept on purpose: deleting it could pull it from
+    # under another process creating the same cache at the same moment.
     def broken_upgrade(url: str, revision: str = "head") -> None:
         raise StoreError("disk full, say")
 
-    monkeypatch.setattr(migrate, "upgrade", broken_upgrade)
-    with pytest.raises(StoreError, match="disk full"):
-        SQLStore(f"sqlite:///{tmp_path}/new.db")
-    assert list(tmp_path.iterdir()) == []
+    url = f"sqlite:///{tmp_path}/new.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate, "upgrade", broken_upgrade)
+        with pytest.raises(StoreError, match="disk full"):
+            SQLStore(url)
+    with SQLStore(url) as store:
+        store.mset([("k", b"v")])
+        assert store.mget(["k"]) == [b"v"]
+    assert migrate.current(url) == SCHEMA_REVISION
 
 
 def test_a_sqlite_writer_waits_for_another_and_gives_up_clearly(tmp_path: Path) -> None:

@@ -167,6 +167,25 @@ def postgres_connect_args(parsed: sa.URL, *, durable: bool) -> dict[str, Any]:
     return args
 
 
+def _enable_wal(cur: sqlite3.Cursor, attempts: int = 100) -> None:
+    """Switch a file to WAL (persistent, so usually already done).
+
+    The switch needs an exclusive lock and SQLite may answer "locked" at once,
+    without its busy handler, while another process holds or converts the
+    file: processes creating one cache together retry with backoff.
+    """
+    for attempt in range(attempts):
+        if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            return
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.005 * (attempt + 1), 0.1))
+
+
 def _configure_sqlite_connection(dbapi_conn: sqlite3.Connection, synchronous: str) -> None:
     # Autocommit at the driver level: the store and SQLAlchemy's "begin"
     # hook issue BEGIN themselves (the sqlite3 module's implicit transactions
@@ -177,7 +196,7 @@ def _configure_sqlite_connection(dbapi_conn: sqlite3.Connection, synchronous: st
     try:
         if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
             cur.execute(f"PRAGMA page_size={_SQLITE_PAGE_SIZE}")  # only a new file takes it
-        cur.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute(f"PRAGMA mmap_size={_SQLITE_MMAP_SIZE}")
     finally:
@@ -329,7 +348,8 @@ class SQLStore(CachedVecStore):
         self._own: Any = None  # see _checkout
         self._own_lock = threading.Lock()
         self._pid = os.getpid()
-        new_file = self.dialect == "sqlite" and self._prepare_sqlite_file(create)
+        if self.dialect == "sqlite":
+            self._prepare_sqlite_file(create)
         self._durable = durable
         self._engine = make_engine(
             url, pool_size=pool_size, durable=durable, busy_timeout=busy_timeout
@@ -343,10 +363,10 @@ class SQLStore(CachedVecStore):
         try:
             self._ensure_schema(create)
         except BaseException:
+            # A file left without tables is harmless (the next open migrates
+            # it), while deleting it could pull it from under another process
+            # that is creating the same cache at the same moment.
             self._engine.dispose()
-            if new_file:  # leave nothing half-made behind
-                for suffix in ("", "-wal", "-shm"):
-                    Path(f"{self._sa_url.database}{suffix}").unlink(missing_ok=True)
             raise
 
     # ------------------------------------------------------------ opening
