@@ -160,9 +160,6 @@ def test_a_full_disk_during_an_index_save_keeps_the_previous_index(
     FIGURES.add("full disk: index saves that failed and kept the previous index")
 
 
-@pytest.mark.xfail(strict=True, reason="persist.py save_folder catches OSError only: on a full "
-                   "disk faiss.write_index raises RuntimeError ('write error'), which escapes "
-                   "(and the CLI prints a traceback)")
 def test_a_full_disk_during_an_index_save_is_a_vector_index_error(
     tmpfs: Callable[[str], Path]
 ) -> None:
@@ -261,8 +258,6 @@ def test_too_many_open_files_is_a_clear_error_and_corrupts_nothing(
     run_out_of_descriptors(server, tmp_path, make_store_url, save=False)
 
 
-@pytest.mark.xfail(strict=True, reason="persist.py save_folder catches OSError only: FAISS "
-                   "cannot open its file (EMFILE) and raises RuntimeError, which escapes")
 def test_too_many_open_files_during_an_index_save_is_a_clear_error(
     server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str]
 ) -> None:

@@ -48,6 +48,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -134,8 +135,15 @@ def save_folder(
             return _save_locked(
                 folder, index, docstore, dim, metric, factory, search, fingerprint, counts
             )
-    except OSError as exc:
-        raise VectorIndexError(f"cannot save index to {folder}: {exc}") from exc
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        # FAISS reports I/O failures (full disk, too many open files) as
+        # RuntimeError, SQLite's backup as sqlite3.Error: all mean the same.
+        raise VectorIndexError(f"cannot save index to {folder}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """FAISS messages carry a C++ stack trace after the first line."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _save_locked(
