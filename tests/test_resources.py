@@ -152,7 +152,7 @@ def test_a_full_disk_during_an_index_save_keeps_the_previous_index(
     bigger = VectorIndex.load(folder)
     more = texts("more", 3000)
     bigger.add(truth(more), more)
-    with pytest.raises(Exception):  # noqa: B017 - the type is test_..._is_a_vector_index_error's
+    with pytest.raises(VectorIndexError, match=str(folder)):
         bigger.save(folder)
     bigger.close()
     assert sorted(p.name for p in folder.iterdir()) == files  # the failed save left nothing
