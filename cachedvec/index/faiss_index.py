@@ -396,8 +396,10 @@ def _can_remove(index: faiss.Index) -> bool:
 
 
 def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    # FAISS stores these settings in a C int: anything larger overflows there.
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+            or not 0 < value < 2**31):
+        raise ConfigError(f"{name} must be a positive integer below 2**31, got {value!r}")
     return int(value)
 
 
