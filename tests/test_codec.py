@@ -14,7 +14,8 @@ from cachedvec.errors import CodecError, ConfigError
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=finite32))
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+                  elements=finite32))
 def test_float32_round_trip_is_exact(matrix: np.ndarray) -> None:
     codec = VectorCodec()
     values = codec.encode_many(matrix)

