@@ -136,11 +136,20 @@ def main() -> None:
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine",
               show_default=True, help="Metric for a new index.")
 @click.option("--batch-size", default=64, show_default=True, help="Texts per model call.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="ray: compute missing vectors on a Ray actor pool sharing --store "
+                   "(PostgreSQL across machines); needs cachedvec[ray].")
+@click.option("--address", default=None,
+              help="Ray cluster to join (host:6379 or ray://host:10001); default: a local Ray.")
+@click.option("--workers", type=int, default=None,
+              help="Ray actors embedding at once (default 2).")
 @json_option
 @handle_errors
 def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, chunk_size: int,
            chunk_overlap: int, text_field: str, cleanup: str, factory: str | None, metric: str,
-           batch_size: int, as_json: bool) -> None:
+           batch_size: int, engine: str, address: str | None, workers: int | None,
+           as_json: bool) -> None:
     """Bring an index in line with text, Markdown and JSON Lines files.
 
     Unchanged files cost nothing; changed files replace exactly their chunks
@@ -151,12 +160,27 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
       cachedvec ingest docs/ notes.md
       cachedvec ingest data.jsonl --text-field body --index idx --store sqlite:///cache.db
       cachedvec ingest docs/ --cleanup full --json
+      cachedvec ingest docs/ --engine ray --address head:6379 --workers 8 \\
+          --store postgresql+psycopg://cache@db/cache
     """
-    from cachedvec.ingestion import ingest as run
+    options: dict[str, Any] = {}
+    run: Callable[..., Any]
+    if engine == "ray":
+        from cachedvec import distributed
+
+        run = distributed.ingest
+        options = {"address": address, "workers": workers or distributed.DEFAULT_WORKERS}
+    elif address is not None or workers is not None:
+        raise ConfigError("--address and --workers apply to --engine ray")
+    else:
+        from cachedvec import ingestion
+
+        run = ingestion.ingest
 
     report = run(paths, index=index, store=store, model=_model_arg(model),
                  chunk_size=chunk_size, chunk_overlap=chunk_overlap, text_field=text_field,
-                 cleanup=cleanup, factory=factory, metric=metric, batch_size=batch_size)
+                 cleanup=cleanup, factory=factory, metric=metric, batch_size=batch_size,
+                 **options)
     s = report.sources
     _emit(as_json, report.as_dict(),
           f"sources: {s.added} added, {s.updated} updated, {s.skipped} unchanged, "

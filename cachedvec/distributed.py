@@ -1,0 +1,495 @@
+"""Distributed ingestion on Ray Data, with one cache shared by every worker.
+
+The embedding step runs where our users already run it: ``map_batches``
+with a class-based callable on an actor pool (``concurrency=N``). Each actor
+holds one :class:`CachedEmbeddings` bound to the same store URL, normally
+PostgreSQL, so every worker checks the shared cache first and only missing
+vectors are computed anywhere in the cluster. The index is built afterwards
+on the driver from the cache (no vector travels back through Ray).
+
+Building blocks, for your own pipelines:
+
+- :func:`read_sources`: files -> a Dataset of chunks with the same ids
+  :func:`cachedvec.ingest` gives them;
+- :func:`embed_dataset`: a Dataset with a text column -> the same rows plus
+  ``cache_key`` (where the vector now is) and ``computed`` (this run called
+  the model for it); lazy, like any Dataset;
+- :func:`build_index`: such rows -> an index folder, vectors read from the
+  cache in batches.
+
+:func:`ingest` is ``cachedvec ingest --engine ray``: the driver reads and
+chunks the sources and skips unchanged ones exactly as the single-process
+job does, sends each unique text that the cache lacks to the actor pool
+once, then runs the single-process job, which now finds every vector in the
+cache and calls no model. The index, its ids and vectors, and the records
+are therefore those of the single-process path.
+
+Failure handling. Everything is checked before any work starts: a
+``memory://`` store (each worker would get an empty cache of its own) is
+refused, and so are local file, SQLite and diskcache stores when the cluster
+has several nodes; an address that does not answer is a
+:class:`ClusterError` within seconds instead of Ray's long wait. A worker
+that dies mid-batch is restarted and its task retried by Ray (``retries``
+times). Nothing is lost: vectors are written to the cache batch by batch,
+writes are idempotent (a key is stored once, whoever writes it), and the
+retried batch finds what its predecessor wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+from urllib.parse import urlsplit
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from cachedvec.embeddings import CachedEmbeddings
+from cachedvec.errors import CachedVecError, ClusterError, ConfigError, MissingVectorsError
+from cachedvec.index import VectorIndex
+from cachedvec.ingestion import IngestReport, _identified, _version, load_records
+from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, prepare_store_url
+from cachedvec.models import EmbeddingModel, as_model
+from cachedvec.sources import Chunker, Source, find_files, read_source
+from cachedvec.stores import open_store, redact_url
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+#: ``None`` (the bundled model), a model folder or cached name, or a
+#: zero-argument callable that builds the model: each worker builds its own.
+ModelSpec = Union[None, str, "os.PathLike[str]", Callable[[], Any]]
+
+DEFAULT_WORKERS = 2
+DEFAULT_RETRIES = 3
+_LOCAL_STORES = ("file", "sqlite", "diskcache")
+_CONNECT_TIMEOUT = 5.0
+_LOOKUP_BATCH = 10_000
+_RAY_CLIENT_PORT = 10001
+
+
+# -- checks before work starts -------------------------------------------------------
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("the Ray engine needs Ray: pip install 'cachedvec[ray]'") from exc
+    return ray
+
+
+def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bool:
+    """Join the Ray cluster at ``address`` (``None``: start a local one with ``workers`` CPUs).
+
+    Returns True when this call connected (the caller then shuts Ray down),
+    False when Ray was already initialised in this process.
+    """
+    ray = _ray()
+    if address not in (None, "auto", "local"):
+        _check_reachable(address)
+    if ray.is_initialized():
+        return False
+    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
+    if address in (None, "local"):
+        options["num_cpus"] = max(workers, os.cpu_count() or 1)
+    else:
+        options["address"] = address
+    try:
+        ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from exc
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast: ``ray.init`` waits minutes for a head node that does not answer."""
+    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    try:
+        host = parts.hostname
+        port = parts.port or (_RAY_CLIENT_PORT if parts.scheme == "ray" else None)
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ConfigError(f"Ray address {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; check the "
+            "head node's address (host:6379, or ray://host:10001) and that it is running"
+        ) from exc
+
+
+def shared_store_url(url: str) -> str:
+    """The store URL every worker can open, or a :class:`ConfigError` if none can share it.
+
+    Needs a connected Ray. Local paths are made absolute, since Ray workers
+    do not run in the driver's working folder.
+    """
+    family = refuse_private_store(url)
+    if family not in _LOCAL_STORES:
+        return url
+    nodes = [node for node in _ray().nodes() if node.get("Alive")]
+    here = _ray().get_runtime_context().get_node_id()
+    if len(nodes) != 1 or nodes[0].get("NodeID") != here:
+        raise ConfigError(
+            f"{redact_url(url)} is a file on this machine, but the Ray cluster has "
+            f"{len(nodes)} node(s) and workers elsewhere would each write a cache of their own. "
+            "Use a store every node reaches, e.g. postgresql+psycopg://user@host/db"
+        )
+    return _absolute(prepare_store_url(url), family)
+
+
+def refuse_private_store(url: str) -> str:
+    """Refuse a store that lives inside one process; returns the URL's scheme family."""
+    family = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if family == "memory" or (family == "sqlite" and ":memory:" in url):
+        raise ConfigError(
+            f"{url} lives inside one process: each Ray worker would fill a cache of its own "
+            "and the index could not be built from it. Use a shared store, e.g. "
+            "postgresql+psycopg://user@host/db (or sqlite:///cache.db on one machine)"
+        )
+    return family
+
+
+def _absolute(url: str, family: str) -> str:
+    scheme, rest = url.split("://", 1)
+    if family == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
+        path, _, query = rest[1:].partition("?")
+    else:  # file:///absolute, file://relative
+        path, _, query = rest.partition("?")
+    absolute = os.path.abspath(os.path.expanduser(path))
+    sep = "/" if family == "sqlite" else ""
+    return f"{scheme}://{sep}{absolute}" + (f"?{query}" if query else "")
+
+
+def _check_model_spec(model: ModelSpec) -> None:
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return
+    if isinstance(model, (Embeddings, EmbeddingModel)) or not callable(model):
+        raise ConfigError(
+            f"with Ray, pass the model as a name, a folder or a zero-argument callable that "
+            f"builds it (e.g. functools.partial({type(model).__name__}, ...)), not a "
+            "built model: each worker builds its own"
+        )
+
+
+def _build_model(model: ModelSpec) -> EmbeddingModel:
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return as_model(model)
+    return as_model(model())
+
+
+# -- the actor pool --------------------------------------------------------------------
+
+
+class _Recording:
+    """The model, noting which texts it embedded (so rows can say they were computed)."""
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self.model = model
+        self.fingerprint = model.fingerprint
+        self.embedded: set[str] = set()
+
+    def embed_documents_array(self, texts: Sequence[str]) -> np.ndarray:
+        self.embedded.update(texts)
+        return self.model.embed_documents_array(texts)
+
+    def embed_queries_array(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.embed_queries_array(texts)
+
+
+class CachedEmbedder:
+    """The class-based callable of the actor pool: one CachedEmbeddings per worker.
+
+    The model is built and the store opened once, when Ray starts the
+    actor; each batch is then one cache lookup and, for the misses only,
+    model calls whose vectors are written before the next batch starts.
+    """
+
+    def __init__(self, model: ModelSpec, store: str, batch_size: int, text_column: str) -> None:
+        self._model = _Recording(_build_model(model))
+        self._embeddings = CachedEmbeddings(self._model, store, batch_size=batch_size)
+        self._column = text_column
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._column not in batch:
+            raise ConfigError(f"the dataset has no {self._column!r} column "
+                              f"(columns: {', '.join(batch)})")
+        texts = [str(text) for text in batch[self._column]]
+        self._model.embedded.clear()
+        self._embeddings.embed_documents_array(texts)
+        embedded, computed = self._model.embedded, np.zeros(len(texts), dtype=bool)
+        for row, text in enumerate(texts):
+            if text in embedded:  # the first row of each computed text counts it
+                computed[row] = True
+                embedded.discard(text)
+        batch["cache_key"] = np.array(self._embeddings.document_keys(texts), dtype=object)
+        batch["computed"] = computed
+        return batch
+
+
+def embed_dataset(
+    dataset: Dataset,
+    *,
+    store: str,
+    model: ModelSpec = None,
+    workers: int = DEFAULT_WORKERS,
+    batch_size: int = 256,
+    text_column: str = "text",
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    retries: int = DEFAULT_RETRIES,
+) -> Dataset:
+    """Embed the ``text_column`` of ``dataset`` on ``workers`` actors sharing ``store``.
+
+    Returns the rows with ``cache_key`` and ``computed`` added (lazily: the
+    work runs when the result is consumed). ``model`` is a name, a folder or
+    a zero-argument callable building the model in each worker. A worker
+    that dies is restarted and its batch retried up to ``retries`` times.
+    Call :func:`connect` first (or ``ray.init``); the store is checked here.
+    """
+    for name, value in (("workers", workers), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    _check_model_spec(model)
+    store = shared_store_url(store)
+    open_store(store).close()  # a wrong password or missing schema fails here, not in a worker
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates free-form remote args but names no replacement for
+        # these two; its own default retries forever, which would loop on a
+        # batch that kills every worker it reaches.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        return dataset.map_batches(
+            CachedEmbedder,
+            fn_constructor_kwargs={"model": model, "store": store, "batch_size": batch_size,
+                                   "text_column": text_column},
+            batch_size=batch_size * 4,
+            batch_format="numpy",
+            concurrency=workers,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            max_restarts=retries,
+            max_task_retries=retries,
+        )
+
+
+# -- sources in, index out ----------------------------------------------------------------
+
+
+def read_sources(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    chunk_size: int = 1000,
+    chunk_overlap: int = 150,
+    text_field: str = "text",
+) -> Dataset:
+    """The chunks of the files under ``paths``: rows ``id``, ``text``, ``metadata`` (JSON).
+
+    Files are found and checked on the driver (a binary or non-UTF-8 file
+    fails here, before any work) and shipped to the cluster with the
+    Dataset, so workers need no shared filesystem; they are chunked by Ray
+    tasks, with the ids :func:`cachedvec.ingest` gives. For corpora larger
+    than the driver's memory, read them with Ray's own readers instead.
+
+    The chunks are materialized: an actor pool downstream that takes every
+    CPU of a small cluster would otherwise starve the chunking tasks.
+    """
+    ray = _ray()
+    chunker = Chunker(chunk_size, chunk_overlap, text_field)  # bad settings fail here
+    sources = [read_source(path) for path in find_files(paths)]
+    rows = [{"path": str(s.path), "kind": s.kind, "content_hash": s.content_hash,
+             "data": s.data} for s in sources]
+    settings = chunker.settings
+    blocks = max(1, min(len(rows), 64))
+    return ray.data.from_items(rows, override_num_blocks=blocks) \
+        .flat_map(_chunk_rows, fn_kwargs={"settings": settings}).materialize()
+
+
+def _chunk_rows(row: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    source = Source(Path(row["path"]), row["kind"], row["content_hash"], bytes(row["data"]))
+    chunks = _identified(source.name, Chunker(**settings).chunks(source))
+    return [{"id": chunk_id, "text": chunk.text, "metadata": json.dumps(chunk.metadata)}
+            for chunk_id, chunk in chunks.items()]
+
+
+def build_index(
+    dataset: Dataset,
+    index: str | os.PathLike[str],
+    *,
+    store: str,
+    model: ModelSpec = None,
+    factory: str = "Flat",
+    metric: str = "cosine",
+    batch_size: int = 20_000,
+) -> int:
+    """Build an index folder from rows of :func:`embed_dataset`; returns the document count.
+
+    Rows need ``text`` and ``cache_key``; ``id`` and ``metadata`` (a JSON
+    object or dict) are kept when present. Vectors are read from ``store``
+    ``batch_size`` at a time (zero model calls); IVF/PQ train on the first
+    batch. ``model`` only names the model in the index (its fingerprint).
+    Replaces any index at ``index`` atomically.
+    """
+    _check_model_spec(model)
+    vindex: VectorIndex | None = None
+    try:
+        with CachedEmbeddings(_build_model(model), store) as emb:
+            for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+                keys = [str(key) for key in batch["cache_key"]]
+                vectors, missing = emb.get_vectors(keys)
+                if missing:
+                    raise MissingVectorsError(
+                        f"{len(missing)} vectors of this batch are not in the cache "
+                        f"{redact_url(store)}: embed the dataset into this store first",
+                        len(missing))
+                if vindex is None:
+                    vindex = VectorIndex(vectors.shape[1], metric=metric, factory=factory,
+                                         fingerprint=emb.fingerprint)
+                vindex.add(vectors, [str(text) for text in batch["text"]],
+                           list(_metadata(batch)), ids=_ids(batch), cache_keys=keys)
+        if vindex is None:
+            raise ConfigError("the dataset has no rows: nothing to index")
+        vindex.save(index)
+        return len(vindex)
+    finally:
+        if vindex is not None:
+            vindex.close()
+
+
+def _metadata(batch: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    for value in batch.get("metadata", [None] * len(batch["text"])):
+        yield json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def _ids(batch: dict[str, np.ndarray]) -> list[str | None] | None:
+    return [str(i) for i in batch["id"]] if "id" in batch else None
+
+
+# -- the ingest job ---------------------------------------------------------------------
+
+
+def ingest(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    index: str | os.PathLike[str] = DEFAULT_INDEX,
+    store: str = DEFAULT_STORE,
+    model: ModelSpec = None,
+    address: str | None = None,
+    workers: int = DEFAULT_WORKERS,
+    retries: int = DEFAULT_RETRIES,
+    chunk_size: int = 1000,
+    chunk_overlap: int = 150,
+    text_field: str = "text",
+    cleanup: str = "incremental",
+    factory: str | None = None,
+    metric: str = "cosine",
+    batch_size: int = 64,
+    show_progress: bool | None = None,
+) -> IngestReport:
+    """:func:`cachedvec.ingest` with the model calls fanned out over a Ray actor pool.
+
+    Same arguments and report, plus ``address`` (``None``: a local Ray),
+    ``workers`` (actors) and ``retries``. ``model`` as in
+    :func:`embed_dataset`. ``computed`` counts vectors the workers computed.
+    """
+    from cachedvec.ingestion import ingest as ingest_locally
+
+    started = time.perf_counter()
+    _check_model_spec(model)
+    refuse_private_store(store)  # before connecting: the cheapest mistake to catch
+    owns_ray = connect(address, workers=workers)
+    try:
+        shared = shared_store_url(store)
+        driver_model = _build_model(model)
+        missing = _missing_texts(paths, index, shared, driver_model, chunk_size, chunk_overlap,
+                                 text_field)
+        computed = _embed_on_cluster(missing, shared, model, workers, retries, batch_size,
+                                     show_progress)
+        report = ingest_locally(
+            paths, index=index, store=shared, model=driver_model, chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap, text_field=text_field, cleanup=cleanup,
+            factory=factory, metric=metric, batch_size=batch_size, show_progress=show_progress)
+    finally:
+        if owns_ray:
+            _ray().shutdown()
+    # The local pass found the workers' vectors in the cache: count them as computed.
+    looked_up = report.cache_hits + report.computed
+    report.computed += computed
+    report.cache_hits = max(0, looked_up - report.computed)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _missing_texts(paths: Sequence[str | os.PathLike[str]], index: str | os.PathLike[str],
+                   store: str, model: EmbeddingModel, chunk_size: int, chunk_overlap: int,
+                   text_field: str) -> list[str]:
+    """Unique chunk texts of new or changed sources whose vectors the cache lacks."""
+    chunker = Chunker(chunk_size, chunk_overlap, text_field)
+    index_dir = Path(index)
+    records = load_records(index_dir) if (index_dir / "manifest.json").exists() else {}
+    texts: dict[str, None] = {}
+    for path in find_files(paths):
+        source = read_source(path)
+        if records.get(source.name, {}).get("version") != _version(source, chunker):
+            texts.update(dict.fromkeys(chunk.text for chunk in chunker.chunks(source)))
+    unique = list(texts)
+    missing: list[str] = []
+    with CachedEmbeddings(model, store) as emb:
+        for start in range(0, len(unique), _LOOKUP_BATCH):
+            part = unique[start:start + _LOOKUP_BATCH]
+            _, absent = emb.get_vectors(emb.document_keys(part))
+            missing += [part[i] for i in absent]
+    return missing
+
+
+def _embed_on_cluster(texts: list[str], store: str, model: ModelSpec, workers: int,
+                      retries: int, batch_size: int, show_progress: bool | None) -> int:
+    """Embed ``texts`` on the actor pool; returns how many vectors the workers computed."""
+    if not texts:
+        return 0  # nothing to compute: do not even start the actors
+    ray = _ray()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = bool(show_progress)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    blocks = max(workers, min(len(texts) // max(batch_size, 1), workers * 8))
+    dataset = ray.data.from_items([{"text": text} for text in texts],
+                                  override_num_blocks=blocks)
+    embedded = embed_dataset(dataset, store=store, model=model, workers=workers,
+                             batch_size=batch_size, retries=retries)
+    try:
+        total: Any = embedded.sum("computed")
+        return int(total or 0)
+    except ray.exceptions.RayError as exc:
+        raise _unwrapped(exc) from exc
+
+
+def _unwrapped(exc: BaseException) -> BaseException:
+    """Our own error behind Ray's wrappers, or a ClusterError naming the failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, CachedVecError):
+            return seen
+        seen = seen.__cause__ or getattr(seen, "cause", None)
+    return ClusterError(f"the Ray embedding job failed: {str(exc).splitlines()[0]}")
+
+
+__all__ = [
+    "CachedEmbedder",
+    "build_index",
+    "connect",
+    "embed_dataset",
+    "ingest",
+    "read_sources",
+    "refuse_private_store",
+    "shared_store_url",
+]

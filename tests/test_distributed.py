@@ -1,0 +1,211 @@
+"""The Ray engine on a local 2-CPU Ray and the throwaway PostgreSQL.
+
+Two actors embed overlapping corpora into one shared cache; the results must
+be those of the single-process job (same ids, same vectors), each unique
+text computed once, a second run computing nothing, and a worker that dies
+mid-batch costing nothing but a retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("ray")
+
+import ray  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+import cachedvec  # noqa: E402
+from cachedvec import distributed  # noqa: E402
+from cachedvec.cli import main  # noqa: E402
+from cachedvec.errors import ClusterError, ConfigError  # noqa: E402
+from cachedvec.index import VectorIndex  # noqa: E402
+from cachedvec.testing import FakeEmbeddings  # noqa: E402
+
+pytestmark = pytest.mark.postgres
+
+DIM = 32
+CHUNKING = {"chunk_size": 120, "chunk_overlap": 0}
+PARAGRAPHS = [f"Paragraph {i} tells of topic {i} with words alpha{i} beta{i} gamma{i}."
+              for i in range(40)]
+
+
+def fake_model(name: str) -> functools.partial[FakeEmbeddings]:
+    """What Ray workers get: a recipe, so each builds its own model (same fingerprint)."""
+    return functools.partial(FakeEmbeddings, DIM, name=name)
+
+
+class DiesOnce(FakeEmbeddings):
+    """A model whose first call kills its worker process (as an OOM kill would)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(DIM, name="dies-once")
+        self.marker = marker
+
+    def embed_array(self, texts: Any) -> np.ndarray:
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return super().embed_array(texts)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    # Workers unpickle DiesOnce by value: they cannot import the tests package.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def write_corpus(root: Path, paragraphs: list[str], files: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for f in range(files):
+        (root / f"doc{f}.md").write_text("\n\n".join(paragraphs[f::files]))
+    return root
+
+
+def stored_keys(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(sa.text("SELECT key FROM cachedvec_entries"))]
+    finally:
+        engine.dispose()
+
+
+def index_contents(folder: Path) -> dict[str, tuple[str, dict, np.ndarray]]:
+    with VectorIndex.load(folder) as vindex:
+        records = list(vindex.records())
+        vectors, missing = vindex.get_vectors([r.id for r in records])
+    assert not missing
+    return {r.id: (r.text, r.metadata, v) for r, v in zip(records, vectors, strict=True)}
+
+
+def assert_same_index(left: Path, right: Path) -> None:
+    a, b = index_contents(left), index_contents(right)
+    assert sorted(a) == sorted(b)
+    for doc_id, (text, metadata, vector) in a.items():
+        assert (text, metadata) == b[doc_id][:2]
+        np.testing.assert_array_equal(vector, b[doc_id][2])
+
+
+def test_ray_ingest_equals_the_single_process_job_and_reruns_compute_nothing(
+        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    # Two files repeat texts of others: the same vector must be computed once.
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:30], files=6)
+    (corpus / "copy.txt").write_text("\n\n".join(PARAGRAPHS[:5]))
+    ray_index = tmp_path / "ray-index"
+    run = functools.partial(distributed.ingest, [corpus], index=ray_index,
+                            store=postgres_store_url, model=fake_model("shared"), workers=2,
+                            **CHUNKING)
+    first = run()
+    local = cachedvec.ingest([corpus], index=tmp_path / "local-index",
+                             store=f"sqlite:///{tmp_path}/local.db",
+                             model=FakeEmbeddings(DIM, name="shared"), **CHUNKING)
+    assert first.computed == local.computed == len(stored_keys(postgres_store_url)) == 30
+    assert (first.added, first.documents, first.sources.added) == (
+        local.added, local.documents, local.sources.added)
+    assert_same_index(ray_index, tmp_path / "local-index")
+
+    again = run()
+    assert (again.computed, again.added, again.sources.skipped) == (0, 0, 7)
+
+    # Overlap: one new file with 5 new texts and 5 already cached.
+    (corpus / "more.md").write_text("\n\n".join(PARAGRAPHS[25:35]))
+    grown = run()
+    assert (grown.computed, grown.sources.added) == (5, 1)
+    assert grown.cache_hits == 5
+    keys = stored_keys(postgres_store_url)
+    assert len(keys) == len(set(keys)) == 35  # each unique text stored once
+    local = cachedvec.ingest([corpus], index=tmp_path / "local-index",
+                             store=f"sqlite:///{tmp_path}/local.db",
+                             model=FakeEmbeddings(DIM, name="shared"), **CHUNKING)
+    assert_same_index(ray_index, tmp_path / "local-index")
+
+
+def test_building_blocks_read_embed_and_index_a_dataset(
+        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:24], files=4)
+    model = fake_model("blocks")
+    chunks = distributed.read_sources([corpus], **CHUNKING)
+    embedded = distributed.embed_dataset(chunks, store=postgres_store_url, model=model,
+                                         workers=2, batch_size=4).materialize()
+    rows = embedded.take_all()
+    assert sum(row["computed"] for row in rows) == 24 == len(stored_keys(postgres_store_url))
+    again = distributed.embed_dataset(chunks, store=postgres_store_url, model=model, workers=2)
+    assert again.sum("computed") == 0
+
+    folder = tmp_path / "from-dataset"
+    assert distributed.build_index(embedded, folder, store=postgres_store_url,
+                                   model=model) == 24
+    local = tmp_path / "local"
+    cachedvec.ingest([corpus], index=local, store=f"sqlite:///{tmp_path}/local.db",
+                     model=FakeEmbeddings(DIM, name="blocks"), **CHUNKING)
+    assert_same_index(folder, local)
+
+
+def test_a_worker_dying_mid_batch_is_retried_and_loses_nothing(
+        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:16], files=4)
+    marker = tmp_path / "died"
+    report = distributed.ingest([corpus], index=tmp_path / "index", store=postgres_store_url,
+                                model=functools.partial(DiesOnce, str(marker)), workers=2,
+                                batch_size=4, **CHUNKING)
+    assert marker.exists()  # a worker did die
+    assert report.documents == 16 and report.computed == 16
+    assert len(stored_keys(postgres_store_url)) == 16
+    assert len(index_contents(tmp_path / "index")) == 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_bad_setups_fail_before_any_work(
+        local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    common = {"index": tmp_path / "index", "model": fake_model("bad")}
+    with pytest.raises(ConfigError, match="inside one process"):
+        distributed.ingest([corpus], store="memory://", **common)
+    with pytest.raises(ConfigError, match="zero-argument callable"):
+        distributed.ingest([corpus], store=f"sqlite:///{tmp_path}/c.db", index=tmp_path / "i",
+                           model=FakeEmbeddings(DIM))
+    with pytest.raises(ClusterError, match="cannot reach the Ray cluster"):
+        distributed.ingest([corpus], store=f"sqlite:///{tmp_path}/c.db",
+                           address=f"127.0.0.1:{free_port()}", **common)
+    # A file-backed cache is fine on one machine, not across several.
+    assert distributed.shared_store_url("sqlite:///rel.db") == f"sqlite:///{Path.cwd()}/rel.db"
+    nodes = ray.nodes()
+    monkeypatch.setattr(ray, "nodes", lambda: nodes + [{**nodes[0], "NodeID": "other"}])
+    with pytest.raises(ConfigError, match="2 node"):
+        distributed.ingest([corpus], store=f"sqlite:///{tmp_path}/c.db", **common)
+    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
+
+
+def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    runner = CliRunner()
+    at = ["--index", str(tmp_path / "index"), "--store", f"sqlite:///{tmp_path}/c.db"]
+    unreachable = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
+                                       "--address", f"127.0.0.1:{free_port()}"])
+    assert unreachable.exit_code == 1
+    assert unreachable.output.startswith("error: cannot reach the Ray cluster at 127.0.0.1:")
+    private = runner.invoke(main, ["ingest", str(corpus), "--engine", "ray", "--store",
+                                   "memory://", "--index", str(tmp_path / "index")])
+    assert private.exit_code == 1 and "inside one process" in private.output
+    local = runner.invoke(main, ["ingest", str(corpus), *at, "--workers", "3"])
+    assert local.exit_code == 1 and "--engine ray" in local.output
