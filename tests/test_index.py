@@ -111,6 +111,33 @@ def test_batch_search_equals_single_searches(metric: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_flat_search_matches_faiss_own_search_across_score_blocks(
+    metric: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The numpy-product path returns what FAISS's own flat search returns.
+
+    A tiny score block splits the 40 queries into many blocks, and removed
+    vectors leave holes in the ids, so both the block loop and the
+    position-to-id mapping are exercised.
+    """
+    from cachedvec.index import faiss_index
+
+    monkeypatch.setattr(faiss_index, "_SCORE_BLOCK", 3 * 600)
+    index = FaissIndex(DIM, metric=metric)
+    data = index.prepare(random_vectors(600, seed=5))
+    ids = np.arange(1000, 1600, dtype=np.int64)
+    index.add(data, ids)
+    index.remove(ids[::7])
+    queries = index.prepare(random_vectors(40, seed=6))
+    for batch in (queries, queries[:1]):
+        scores, found = index.search(batch, 10)
+        want_scores, want_ids = index.faiss_index.search(batch, 10)
+        np.testing.assert_array_equal(found, want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-4)
+    assert not np.isin(found, ids[::7]).any()
+
+
 def test_results_carry_text_metadata_and_order() -> None:
     index, data = build()
     hits = index.search(data[7], 3)
