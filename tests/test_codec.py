@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from xxhash import xxh3_64_intdigest
 
 from cachedvec.codec import HEADER, VectorCodec
 from cachedvec.errors import CodecError, ConfigError
@@ -38,8 +42,8 @@ def test_float16_round_trip_within_half_precision(matrix: np.ndarray) -> None:
 def test_value_is_compact() -> None:
     codec = VectorCodec(384)
     value = codec.encode(np.ones(384, np.float32))
-    assert len(value) == 384 * 4 + 12
-    assert len(value) / (384 * 4) < 1.01
+    assert len(value) == 384 * 4 + 16
+    assert len(value) / (384 * 4) < 1.011
 
 
 def test_decode_is_zero_copy() -> None:
@@ -103,10 +107,119 @@ def test_newer_format_version_is_refused() -> None:
 def test_header_layout_is_stable() -> None:
     assert HEADER.size == 8
     value = VectorCodec(3).encode(np.array([1, 2, 3], np.float32))
-    assert value[:8] == b"CV\x01\x01\x03\x00\x00\x00"
+    assert value[:8] == b"CV\x02\x01\x03\x00\x00\x00"
+    assert value[8:20] == np.array([1, 2, 3], "<f4").tobytes()
+    assert value[20:] == struct.pack("<Q", xxh3_64_intdigest(value[:20]))
 
 
 @pytest.mark.parametrize("kwargs", [{"dtype": "float64"}, {"dim": 0}, {"dim": -3}])
 def test_bad_codec_settings(kwargs: dict) -> None:
     with pytest.raises(ConfigError):
         VectorCodec(**kwargs)
+
+
+# ------------------------------------------------- format version 1 (read only)
+
+
+def v1_value(vector: np.ndarray, code: int = 1) -> bytes:
+    """A value as version 1 wrote it, built here without the codec: header, data, CRC-32."""
+    dtype = {1: "<f4", 2: "<f2"}[code]
+    body = struct.pack("<2sBBI", b"CV", 1, code, len(vector)) + vector.astype(dtype).tobytes()
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_version_1_values_are_still_read() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((4, 16)).astype(np.float32)
+    old = [v1_value(v) for v in vectors]
+    assert len(old[0]) == 8 + 16 * 4 + 4
+    codec = VectorCodec(16)
+    for value, vector in zip(old, vectors, strict=True):
+        np.testing.assert_array_equal(codec.decode(value), vector)
+    matrix, missing, corrupt = codec.decode_many(old)
+    assert missing == [] and corrupt == []
+    np.testing.assert_array_equal(matrix, vectors)
+
+
+def test_a_batch_mixing_versions_and_gaps_decodes() -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((4, 8)).astype(np.float32)
+    codec = VectorCodec(8)
+    values = [v1_value(vectors[0]), codec.encode(vectors[1]), None,
+              v1_value(vectors[3].astype(np.float16), code=2)]
+    matrix, missing, corrupt = codec.decode_many(values)
+    assert missing == [2] and corrupt == []
+    np.testing.assert_array_equal(matrix[:2], vectors[:2])
+    assert not matrix[2].any()
+    np.testing.assert_array_equal(matrix[3], vectors[3].astype(np.float16).astype(np.float32))
+
+
+def test_version_1_dimension_is_learned() -> None:
+    codec = VectorCodec()
+    matrix, _, corrupt = codec.decode_many([v1_value(np.arange(6, dtype=np.float32))])
+    assert codec.dim == 6 and corrupt == []
+    np.testing.assert_array_equal(matrix[0], np.arange(6))
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_any_single_byte_change_to_a_version_1_value_is_detected(data: st.DataObject) -> None:
+    value = bytearray(v1_value(np.linspace(-1, 1, 32, dtype=np.float32)))
+    pos = data.draw(st.integers(0, len(value) - 1))
+    value[pos] ^= data.draw(st.integers(1, 255))
+    with pytest.raises(CodecError):
+        VectorCodec(32).decode(bytes(value))
+    assert VectorCodec(32).decode_many([bytes(value)])[2] == [0]
+
+
+def test_versions_do_not_pass_for_each_other() -> None:
+    vector = np.ones(8, np.float32)
+    current = VectorCodec(8).encode(vector)
+    relabelled_old = bytearray(v1_value(vector))
+    relabelled_old[2] = 2  # a version 1 value claiming version 2: 4 bytes short, CRC not a digest
+    relabelled_new = bytearray(current)
+    relabelled_new[2] = 1  # a version 2 value claiming version 1: 4 bytes long
+    for bad in (bytes(relabelled_old), bytes(relabelled_new)):
+        with pytest.raises(CodecError):
+            VectorCodec(8).decode(bad)
+        assert VectorCodec(8).decode_many([current, bad])[2] == [1]
+
+
+# --------------------------------------------------- format version 2 digests
+
+
+def test_a_wrong_digest_is_corrupt() -> None:
+    codec = VectorCodec(8)
+    value = codec.encode(np.arange(8, dtype=np.float32))
+    other = codec.encode(np.arange(8, dtype=np.float32) + 1)
+    wrong_digest = value[:-8] + other[-8:]  # right size and header, digest of another vector
+    zero_digest = value[:-8] + bytes(8)
+    for bad in (wrong_digest, zero_digest):
+        with pytest.raises(CodecError, match="checksum"):
+            codec.decode(bad)
+    _, _, corrupt = codec.decode_many([value, wrong_digest, other, zero_digest])
+    assert corrupt == [1, 3]
+
+
+def test_one_corrupt_value_in_a_large_batch_is_found_alone() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 24)).astype(np.float32)
+    codec = VectorCodec(24)
+    values = codec.encode_many(vectors)
+    damaged = bytearray(values[321])
+    damaged[100] ^= 0x10  # inside the vector: only the digest can tell
+    values[321] = bytes(damaged)
+    matrix, missing, corrupt = codec.decode_many(values)
+    assert missing == [] and corrupt == [321]
+    keep = np.arange(500) != 321
+    np.testing.assert_array_equal(matrix[keep], vectors[keep])
+    assert not matrix[321].any()
+
+
+def test_batch_result_is_a_writable_contiguous_copy() -> None:
+    codec = VectorCodec(4)
+    values = codec.encode_many(np.ones((3, 4), np.float32))
+    matrix, _, _ = codec.decode_many(values)
+    assert matrix.flags.c_contiguous and matrix.flags.writeable
+    matrix[0, 0] = 5.0  # must not touch the stored bytes
+    np.testing.assert_array_equal(codec.decode_many(values)[0], np.ones((3, 4)))
