@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from xxhash import xxh3_64_intdigest
 
-from cachedvec.codec import HEADER, VectorCodec
+from cachedvec.codec import HEADER, Dtype, VectorCodec
 from cachedvec.errors import CodecError, ConfigError
 
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
@@ -223,3 +223,34 @@ def test_batch_result_is_a_writable_contiguous_copy() -> None:
     assert matrix.flags.c_contiguous and matrix.flags.writeable
     matrix[0, 0] = 5.0  # must not touch the stored bytes
     np.testing.assert_array_equal(codec.decode_many(values)[0], np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_batches_larger_than_one_decode_block(dtype: Dtype) -> None:
+    # 16 KiB values: a batch of 200 spans several of the decoder's ~1 MiB blocks.
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((200, 4096)).astype(np.float32)
+    codec = VectorCodec(4096, dtype)
+    expected = codec.round_trip(vectors)
+    values: list[bytes | None] = list(codec.encode_many(vectors))
+    matrix, missing, corrupt = codec.decode_many(values)
+    assert missing == [] and corrupt == []
+    np.testing.assert_array_equal(matrix, expected)
+
+    gaps = [3, 64, 130, 199]
+    for i in gaps:
+        values[i] = None
+    matrix, missing, corrupt = codec.decode_many(values)
+    assert missing == gaps and corrupt == []
+    keep = np.isin(np.arange(200), gaps, invert=True)
+    np.testing.assert_array_equal(matrix[keep], expected[keep])
+    assert not matrix[gaps].any()
+
+    damaged = bytearray(values[180])  # type: ignore[arg-type]
+    damaged[-20] ^= 1
+    values[180] = bytes(damaged)
+    matrix, missing, corrupt = codec.decode_many(values)
+    assert missing == gaps and corrupt == [180]
+    keep[180] = False
+    np.testing.assert_array_equal(matrix[keep], expected[keep])
+    assert not matrix[180].any()
