@@ -143,13 +143,14 @@ def test_version_1_values_are_still_read() -> None:
 
 def test_a_batch_mixing_versions_and_gaps_decodes() -> None:
     rng = np.random.default_rng(2)
-    vectors = rng.standard_normal((4, 8)).astype(np.float32)
+    vectors = rng.standard_normal((10, 8)).astype(np.float32)
     codec = VectorCodec(8)
     values = [v1_value(vectors[0]), codec.encode(vectors[1]), None,
-              v1_value(vectors[3].astype(np.float16), code=2)]
+              v1_value(vectors[3].astype(np.float16), code=2), *codec.encode_many(vectors[4:])]
     matrix, missing, corrupt = codec.decode_many(values)
     assert missing == [2] and corrupt == []
-    np.testing.assert_array_equal(matrix[:2], vectors[:2])
+    keep = [0, 1, *range(4, 10)]
+    np.testing.assert_array_equal(matrix[keep], vectors[keep])
     assert not matrix[2].any()
     np.testing.assert_array_equal(matrix[3], vectors[3].astype(np.float16).astype(np.float32))
 
