@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,7 +90,8 @@ def test_two_models_never_mix_in_one_store() -> None:
 
 
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
-@pytest.mark.parametrize("damage", ["truncate", "bitflip", "garbage", "wrong_dim", "empty"])
+@pytest.mark.parametrize("damage",
+                         ["truncate", "bitflip", "garbage", "wrong_dim", "empty", "digest"])
 def test_corrupt_values_are_recomputed_and_counted(
     kind: str, damage: str, make_store_url: Callable[[str], str]
 ) -> None:
@@ -105,6 +108,7 @@ def test_corrupt_values_are_recomputed_and_counted(
             "garbage": b"\x80\x04pickle?",
             "wrong_dim": CachedEmbeddings(FakeEmbeddings(4)).codec.encode(np.ones(4)),
             "empty": b"",
+            "digest": value[:-8] + bytes(8),
         }[damage]
         emb.store.mset([(key, bad)])
     model.texts_embedded = 0
@@ -115,6 +119,30 @@ def test_corrupt_values_are_recomputed_and_counted(
         assert emb.stats.corrupt == 1 and emb.stats.hits == 3
         # The damaged value was replaced by a good one.
         assert emb.store.mget([key])[0] == value
+
+
+def _version_1_value(vector: np.ndarray) -> bytes:
+    """A float32 value as codec format version 1 wrote it: header, data, CRC-32."""
+    body = struct.pack("<2sBBI", b"CV", 1, 1, len(vector)) + vector.astype("<f4").tobytes()
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_a_cache_written_in_format_version_1_is_still_hit(any_store: CachedVecStore) -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model, any_store)
+    truth = model.embed_array(TEXTS[:20])
+    keys = emb.document_keys(TEXTS[:20])
+    old = [_version_1_value(v) for v in truth]
+    old[5] = old[5][:30] + bytes([old[5][30] ^ 1]) + old[5][31:]  # one damaged old value
+    any_store.mset(list(zip(keys, old, strict=True)))
+    model.texts_embedded = 0
+    np.testing.assert_array_equal(emb.embed_documents_array(TEXTS[:20]), truth)
+    assert model.texts_embedded == 1
+    assert emb.stats.hits == 19 and emb.stats.corrupt == 1
+    # Old values stay as they are; the recomputed one is written in the current format.
+    stored = any_store.mget(keys)
+    assert stored[0] == old[0]
+    assert stored[5] is not None and stored[5][2] == 2 and len(stored[5]) == 8 + 8 * 4 + 8
 
 
 def test_corrupted_file_on_disk_is_recomputed(tmp_path: Path) -> None:
