@@ -18,13 +18,13 @@ import json
 import random
 import shutil
 import struct
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 from click.testing import CliRunner, Result
 
 import cachedvec
@@ -55,8 +55,8 @@ def _report_figures() -> Iterator[None]:
 
 
 def _resealed(body: bytes) -> bytes:
-    """``body`` with a valid CRC: damage a checksum cannot see, only the checks after it."""
-    return body + struct.pack("<I", zlib.crc32(body))
+    """``body`` with a valid digest: damage a checksum cannot see, only the checks after it."""
+    return body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body))
 
 
 def _flip_bits(value: bytes, rng: random.Random) -> bytes:
@@ -81,7 +81,7 @@ def _zero_block(value: bytes, rng: random.Random) -> bytes:
 
 
 def _rewrite_header(value: bytes, offset: int, new: int) -> bytes:
-    body = bytearray(value[:-4])
+    body = bytearray(value[:-8])
     body[offset] = new
     return _resealed(bytes(body))
 
@@ -97,7 +97,7 @@ VALUE_DAMAGES: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "header only": lambda v, rng: v[:8],
     "wrong dimension": lambda v, rng: VectorCodec().encode(
         np.ones(rng.choice([DIM - 1, DIM + 1, 2 * DIM]), np.float32)),
-    "future format version": lambda v, rng: _rewrite_header(v, 2, 2),
+    "future format version": lambda v, rng: _rewrite_header(v, 2, 3),
     "unknown dtype": lambda v, rng: _rewrite_header(v, 3, 9),
     "dimension field lies": lambda v, rng: _rewrite_header(v, 4, DIM + 1),
     "other magic": lambda v, rng: _rewrite_header(v, 0, ord("X")),

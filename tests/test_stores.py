@@ -105,12 +105,24 @@ def test_file_store_ignores_foreign_files(tmp_path: Path) -> None:
     "url",
     ["nope", "ftp://x/y", "redis://localhost", "file://", "diskcache://",
      "diskcache:///tmp/x?eviction_policy=random", "diskcache:///tmp/x?size_limit=lots",
-     "diskcache:///tmp/x?colour=blue"],
+     "diskcache:///tmp/x?colour=blue", "diskcache:///tmp/x?size_limit=1",
+     "diskcache:///tmp/x?size_limit=-5GB", "diskcache:///tmp/x?cull_limit=-1"],
 )
 def test_bad_urls_raise_clear_errors(url: str) -> None:
     with pytest.raises((InvalidURLError, StoreError)) as info:
         open_store(url)
     assert str(info.value)
+
+
+def test_diskcache_url_is_the_whole_configuration(tmp_path: Path) -> None:
+    # diskcache keeps settings in its folder; an option left out of the URL
+    # must mean its default, not whatever an earlier opening chose.
+    with open_store(f"diskcache://{tmp_path}?size_limit=2MB") as store:
+        assert store.cache.size_limit == 2 * 10**6
+    with open_store(f"diskcache://{tmp_path}") as store:
+        assert store.cache.size_limit == 2**30
+        store.mset([("k", b"v")])
+        assert store.mget(["k"]) == [b"v"]
 
 
 def test_unreachable_paths_raise_store_error(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """``diskcache:///dir``: a size-limited, evicting cache on top of diskcache.
 
 URL query options map to diskcache settings: ``size_limit`` (bytes; ``1e9``
-or ``500MB`` also work), ``eviction_policy`` (``least-recently-stored``,
-the default, ``least-recently-used``, ``least-frequently-used`` or ``none``)
-and ``cull_limit``.
+or ``500MB`` also work; default 1 GiB, at least 1 MiB), ``eviction_policy``
+(``least-recently-stored``, the default, ``least-recently-used``,
+``least-frequently-used`` or ``none``) and ``cull_limit``. The URL is the
+whole configuration: diskcache would otherwise keep a size limit from an
+earlier opening of the folder, so an option left out means its default.
 
 diskcache unpickles any value or key it did not store raw. A cache folder
 can come from anywhere, so :class:`_RawOnlyDisk` refuses every pickled or
@@ -24,6 +26,10 @@ from cachedvec.stores.base import CachedVecStore
 EVICTION_POLICIES = (
     "least-recently-stored", "least-recently-used", "least-frequently-used", "none",
 )
+DEFAULT_SIZE_LIMIT = 2**30
+# Below this a cache holds a few hundred vectors at most, and a limit smaller
+# than one value evicts every write at once: surely a typo for MB or GB.
+MIN_SIZE_LIMIT = 2**20
 _UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -71,7 +77,7 @@ class DiskCacheStore(CachedVecStore):
         self,
         directory: str | os.PathLike[str],
         *,
-        size_limit: str | int | float | None = None,
+        size_limit: str | int | float = DEFAULT_SIZE_LIMIT,
         eviction_policy: str = "least-recently-stored",
         cull_limit: str | int | None = None,
     ) -> None:
@@ -82,12 +88,18 @@ class DiskCacheStore(CachedVecStore):
             "eviction_policy": eviction_policy,
         }
         try:
-            if size_limit is not None:
-                settings["size_limit"] = parse_size(size_limit)
+            settings["size_limit"] = parse_size(size_limit)
             if cull_limit is not None:
                 settings["cull_limit"] = int(cull_limit)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise InvalidURLError(f"bad size option in {self.url}: {exc}") from exc
+        if settings["size_limit"] < MIN_SIZE_LIMIT:
+            raise InvalidURLError(
+                f"size_limit={size_limit} in {self.url} is below 1 MiB: "
+                "write it with a unit, e.g. size_limit=500MB"
+            )
+        if settings.get("cull_limit", 0) < 0:
+            raise InvalidURLError(f"cull_limit must be 0 or more in {self.url}")
         if eviction_policy not in EVICTION_POLICIES:
             raise InvalidURLError(
                 f"unknown eviction_policy {eviction_policy!r} in {self.url}: "

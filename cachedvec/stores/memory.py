@@ -15,8 +15,7 @@ class MemoryStore(CachedVecStore):
         self._data: dict[str, bytes] = {}
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        get = self._data.get
-        return [get(k) for k in keys]
+        return list(map(self._data.get, keys))
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         self._data.update(key_value_pairs)
