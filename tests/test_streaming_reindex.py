@@ -15,7 +15,7 @@ from cachedvec.cli import main
 from cachedvec.codec import VectorCodec
 from cachedvec.errors import ConfigError, MissingVectorsError, VectorIndexError
 from cachedvec.index import VectorIndex
-from cachedvec.reindexing import ivf_pq_factory
+from cachedvec.reindexing import ivf_pq_factory, large_index_factory
 from cachedvec.stores import open_store
 
 DIM = 32
@@ -152,10 +152,26 @@ def test_bad_streaming_options_are_refused(cached_index: dict) -> None:
         cachedvec.reindex(cached_index["index"], layout="ondisk", compute_missing=True, **where)
 
 
-def test_ivf_pq_factory_scales_lists_with_the_corpus() -> None:
+def test_recommended_factories_scale_lists_with_the_corpus() -> None:
+    assert large_index_factory(1_000_000) == "IVF1024,SQ8"
+    assert large_index_factory(100_000_000) == "IVF8192,SQ8"
     assert ivf_pq_factory(1_000_000, 384) == "IVF1024,PQ192np"
     assert ivf_pq_factory(100_000_000, 384) == "IVF8192,PQ192np"
     assert ivf_pq_factory(100, 32) == "IVF16,PQ16np"
+
+
+def test_recommended_large_index_keeps_the_exact_top_10_on_disk(cached_index: dict) -> None:
+    # The default settings of a large rebuild: factory, training sample, nprobe.
+    factory = large_index_factory(len(cached_index["live"]))
+    report = cachedvec.reindex(cached_index["index"], store=cached_index["store"],
+                               factory=factory, layout="ondisk", batch_size=500)
+    assert (report.factory, report.layout) == (factory, "ondisk")
+    queries = clustered(50, seed=4)
+    expected = exact_ids(cached_index["vectors"], cached_index["live"], queries, 10)
+    found = top_ids(cached_index["index"], queries, 10)
+    recall = np.mean([len({f"d{i}" for i in want} & set(got)) / 10
+                      for want, got in zip(expected, found, strict=True)])
+    assert recall >= 0.9
 
 
 def test_cli_reindex_streaming_options(cached_index: dict) -> None:
