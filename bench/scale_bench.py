@@ -9,8 +9,8 @@ Run from the repository root::
 **Part 1, streaming rebuild.** ``--n`` synthetic 384-d unit vectors are
 written to a SQLite cache under their keys, and a Flat index folder whose
 docstore references them is saved (what ``cachedvec ingest`` leaves). Then
-``cachedvec.reindex`` rebuilds it into ``ivf_pq_factory(n, 384)`` (or
-``--factory``) with the default streaming options, once per ``--layouts``
+``cachedvec.reindex`` rebuilds it into ``large_index_factory(n)``
+(``IVF{sqrt n},SQ8``, or ``--factory``) with the default streaming options, once per ``--layouts``
 entry, each in a fresh child process that reports:
 
 - wall time of the rebuild;
@@ -25,9 +25,10 @@ entry, each in a fresh child process that reports:
   also 1-recall@10 (true nearest neighbour in the top 10) and queries/s
   (one batch of all queries, at the index's default ``nprobe``).
 
-A last rebuild (``--compare``, default ``SQ8``) encodes the same IVF lists
-with 8-bit scalar quantization instead of PQ: a comparison row showing what
-the recall target costs in index size, not one of the targets.
+A last rebuild (``--compare``, default ``ivf_pq_factory(n, 384)``:
+``IVF{sqrt n},PQ192np``, half the size) is built in memory for comparison:
+the IVF-PQ index issue 7 names, which misses the recall target at 1M
+(docs/scaling.md). Its line says so but does not fail the run.
 
 The vectors are *embedding-like*: unit vectors around 2,000 centres with a
 power-law spectrum (variance of component i ~ i^-1.2) turned by a random
@@ -68,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.pos
 from cachedvec.codec import VectorCodec  # noqa: E402
 from cachedvec.index import VectorIndex  # noqa: E402
 from cachedvec.keys import ModelFingerprint  # noqa: E402
-from cachedvec.reindexing import ivf_pq_factory  # noqa: E402
+from cachedvec.reindexing import ivf_pq_factory, large_index_factory  # noqa: E402
 from cachedvec.stores import open_store  # noqa: E402
 
 DIM = 384
@@ -204,7 +205,7 @@ def search_quality(index: Path, queries: np.ndarray, truth: np.ndarray) -> dict[
 
 
 def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
-    n, factory = args.n, args.factory or ivf_pq_factory(args.n, DIM)
+    n, factory = args.n, args.factory or large_index_factory(args.n)
     data = Synthetic(args.seed)
     store, folder = f"sqlite:///{work}/cache.db", work / "index"
     print(f"## Streaming rebuild: {n:,} cached {DIM}-d vectors into {factory}\n", flush=True)
@@ -221,8 +222,9 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
     matrix = n * DIM * 4
     rows, verdicts = [], []
     runs = [(factory, layout) for layout in args.layouts.split(",")]
-    if args.compare:  # the same lists, another encoding: what the recall target costs
-        runs.append((f"{factory.split(',')[0]},{args.compare}", "memory"))
+    compare = ivf_pq_factory(n, DIM) if args.compare is None else args.compare
+    if compare:
+        runs.append((compare, "memory"))
     for built, layout in runs:
         measured = rebuild(folder, store, built, layout)
         quality = search_quality(folder, queries, truth)
@@ -233,11 +235,14 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
             f"{measured['peak_rss_growth'] / 2**20:,.0f} | "
             f"{quality['recall']:.3f} | {quality['recall_1']:.3f} | {quality['nprobe']} | "
             f"{quality['qps']:,.0f} |")
-        if built != factory:
-            verdicts.append(f"INFO [{built}] 10-recall@10 {quality['recall']:.3f}, index "
-                            f"{measured['index_bytes'] / 2**20:,.0f} MiB (comparison only)")
-            continue
         ratio = measured["peak_anon_growth"] / measured["folder_bytes"]
+        if built != factory:
+            below = " (below 0.90)" if quality["recall"] < 0.90 else ""
+            verdicts.append(f"INFO [{built}, comparison] 10-recall@10 {quality['recall']:.3f}"
+                            f"{below}, 1-recall@10 {quality['recall_1']:.3f}, index "
+                            f"{measured['index_bytes'] / 2**20:,.0f} MiB, peak anonymous "
+                            f"memory growth {ratio:.2f}x the folder")
+            continue
         verdicts.append(f"{'PASS' if ratio < 2 else 'FAIL'} [{layout}] peak anonymous memory "
                         f"growth {ratio:.2f}x the final index folder (target < 2x; "
                         f"{measured['peak_anon_growth'] / measured['index_bytes']:.2f}x the "
@@ -322,11 +327,11 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="cached vectors (default 1M)")
-    parser.add_argument("--factory", help="FAISS factory (default: ivf_pq_factory(n, 384))")
+    parser.add_argument("--factory", help="FAISS factory (default: large_index_factory(n))")
     parser.add_argument("--layouts", default="memory,ondisk", help="comma-separated")
-    parser.add_argument("--compare", default="SQ8",
-                        help="also build the same IVF lists with this encoding, in memory "
-                             "(default SQ8; '' to skip)")
+    parser.add_argument("--compare",
+                        help="also build this factory, in memory, for comparison "
+                             "(default: ivf_pq_factory(n, 384); '' to skip)")
     parser.add_argument("--queries", type=int, default=500, help="recall queries")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the cache and index here (default: a temp dir)")
