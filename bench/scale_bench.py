@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/scale_bench.py                # 1M vectors: ~5 GB of disk, 30+ min
+    .venv/bin/python bench/scale_bench.py                # 1M vectors: ~5 GB of disk, ~10 min
     .venv/bin/python bench/scale_bench.py --n 100000     # quick mode, a few minutes
     .venv/bin/python bench/scale_bench.py --skip-ray --layouts memory
 
