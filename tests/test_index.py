@@ -125,6 +125,7 @@ def test_flat_search_matches_faiss_own_search_across_score_blocks(
 
     monkeypatch.setattr(faiss_index, "_SCORE_BLOCK", 3 * 600)
     index = FaissIndex(DIM, metric=metric)
+    assert index._flat is not None  # else this compares FAISS with itself
     data = index.prepare(random_vectors(600, seed=5))
     ids = np.arange(1000, 1600, dtype=np.int64)
     index.add(data, ids)
@@ -136,6 +137,19 @@ def test_flat_search_matches_faiss_own_search_across_score_blocks(
         np.testing.assert_array_equal(found, want_ids)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-4)
     assert not np.isin(found, ids[::7]).any()
+
+
+def test_only_a_bare_flat_index_takes_the_numpy_path(tmp_path: Any) -> None:
+    assert FaissIndex(DIM, factory="PCA16,Flat")._flat is None  # queries need the PCA
+    assert FaissIndex(DIM, factory="HNSW16")._flat is None
+    # Read back from disk, FAISS returns the metric's subclass (IndexFlatIP).
+    flat = FaissIndex(DIM, metric="ip")
+    flat.add(flat.prepare(random_vectors(50)), np.arange(50, dtype=np.int64))
+    faiss.write_index(flat.faiss_index, str(tmp_path / "f.faiss"))
+    loaded = FaissIndex.from_faiss(faiss.read_index(str(tmp_path / "f.faiss")), "ip", "Flat")
+    assert loaded._flat is not None
+    query = loaded.prepare(random_vectors(3, seed=9))
+    np.testing.assert_array_equal(loaded.search(query, 5)[1], flat.search(query, 5)[1])
 
 
 def test_results_carry_text_metadata_and_order() -> None:
