@@ -266,7 +266,7 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
     Examples:
       cachedvec reindex --factory HNSW32
       cachedvec reindex --factory "IVF256,PQ16" --json
-      cachedvec reindex --factory "IVF4096,PQ96" --layout ondisk --train-size 200000
+      cachedvec reindex --factory "IVF1024,SQ8" --layout ondisk --train-size 200000
       cachedvec reindex --model /models/bge-small   # switch models
     """
     from cachedvec.reindexing import reindex as run
