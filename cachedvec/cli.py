@@ -45,6 +45,29 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that ``exc`` was raised while handling, if any.
+
+    Cleanup code that runs as an interrupt unwinds (a connection pool
+    disposing of a half-open connection, say) can fail in turn, and its
+    error then hides the interrupt; the user still pressed Ctrl-C.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        if isinstance(link, KeyboardInterrupt):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
+
+
+def _exit_interrupted(exc: KeyboardInterrupt) -> None:
+    click.echo("interrupted: the index was left as it was; vectors already "
+               "cached are kept and the next run reuses them", err=True)
+    sys.exit(143 if isinstance(exc, _Terminated) else 130)
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one line and an exit code."""
 
@@ -53,16 +76,15 @@ def handle_errors(func: F) -> F:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return func(*args, **kwargs)
-        except KeyboardInterrupt as exc:
-            click.echo("interrupted: the index was left as it was; vectors already "
-                       "cached are kept and the next run reuses them", err=True)
-            sys.exit(143 if isinstance(exc, _Terminated) else 130)
-        except CachedVecError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        except (CachedVecError, OSError, KeyboardInterrupt) as exc:
+            interrupt = _interrupt_behind(exc)
+            if interrupt is not None:
+                _exit_interrupted(interrupt)
+            if isinstance(exc, OSError) and not isinstance(exc, CachedVecError):
+                where = f": {exc.filename}" if exc.filename else ""
+                click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            else:
+                click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         finally:
             signal.signal(signal.SIGTERM, previous)

@@ -454,6 +454,38 @@ def _start(*args: str | Path) -> subprocess.Popen[str]:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def test_an_interrupt_hidden_behind_a_cleanup_error_still_exits_as_an_interrupt(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Ctrl-C while a store opens: the pool's cleanup fails as the interrupt
+    # unwinds, and open_store wraps that failure in a StoreError.
+    from cachedvec.cli import handle_errors
+    from cachedvec.errors import StoreError
+
+    @handle_errors
+    def opening() -> None:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError()  # noqa: B904 (the implicit context is the point)
+        except RuntimeError as exc:
+            raise StoreError("cannot open store 'sqlite:///x.db': ") from exc
+
+    @handle_errors
+    def failing() -> None:
+        raise StoreError("cannot open store 'sqlite:///x.db': locked")
+
+    with pytest.raises(SystemExit) as interrupted:
+        opening()
+    assert interrupted.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted")
+    with pytest.raises(SystemExit) as failed:
+        failing()
+    assert failed.value.code == 1
+    assert capsys.readouterr().err == "error: cannot open store 'sqlite:///x.db': locked\n"
+
+
 @pytest.mark.model
 def test_ctrl_c_leaves_the_index_whole_and_the_next_run_finishes(ws: Workspace) -> None:
     documents = ws.ingest()["documents"]
