@@ -117,13 +117,15 @@ def test_flat_search_matches_faiss_own_search_across_score_blocks(
 ) -> None:
     """The numpy-product path returns what FAISS's own flat search returns.
 
-    A tiny score block splits the 40 queries into many blocks, and removed
-    vectors leave holes in the ids, so both the block loop and the
+    A tiny score block splits the 40 queries into blocks of 3 and the stored
+    vectors into blocks of 100 to 300 (the last one short), and removed
+    vectors leave holes in the ids, so both block loops and the
     position-to-id mapping are exercised.
     """
     from cachedvec.index import faiss_index
 
-    monkeypatch.setattr(faiss_index, "_SCORE_BLOCK", 3 * 600)
+    monkeypatch.setattr(faiss_index, "_SCORE_BLOCK", 300)
+    monkeypatch.setattr(faiss_index, "_MIN_COLUMNS", 100)
     index = FaissIndex(DIM, metric=metric)
     assert index._flat is not None  # else this compares FAISS with itself
     data = index.prepare(random_vectors(600, seed=5))
