@@ -13,7 +13,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,16 +95,23 @@ def handle_errors(func: F) -> F:
 class _Group(click.Group):
     """Usage mistakes get the same one ``error:`` line as library errors."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         # Errors reach the user as one line from us; a library logging the
         # same failure (SQLAlchemy's pool on an interrupted close) would add
         # a traceback.
         logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
         logging.getLogger("sqlalchemy").propagate = False
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (see: cachedvec {exc.ctx.command_path.split(' ', 1)[-1]} --help)" \
                 if exc.ctx and " " in exc.ctx.command_path else " (see: cachedvec --help)"

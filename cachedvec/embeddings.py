@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -249,10 +249,10 @@ class CachedEmbeddings(Embeddings):
         return self._embed([text], "query")[0]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self._embed(texts, "doc").tolist()  # type: ignore[no-any-return]
+        return cast("list[list[float]]", self._embed(texts, "doc").tolist())
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_query_array(text).tolist()  # type: ignore[no-any-return]
+        return cast("list[float]", self.embed_query_array(text).tolist())
 
     def get_vectors(self, keys: Sequence[str]) -> tuple[Matrix, list[int]]:
         """Read cached vectors by key with no model call.
@@ -287,10 +287,10 @@ class CachedEmbeddings(Embeddings):
         return (await self._aembed([text], "query"))[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        return (await self._aembed(texts, "doc")).tolist()  # type: ignore[no-any-return]
+        return cast("list[list[float]]", (await self._aembed(texts, "doc")).tolist())
 
     async def aembed_query(self, text: str) -> list[float]:
-        return (await self.aembed_query_array(text)).tolist()  # type: ignore[no-any-return]
+        return cast("list[float]", (await self.aembed_query_array(text)).tolist())
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -314,7 +314,7 @@ def _async_embedder(model: EmbeddingModel, kind: Kind) -> Callable[[list[str]], 
     name = "embed_documents_array" if kind == "doc" else "embed_queries_array"
     native = getattr(model, "a" + name, None)
     if native is not None:
-        return native  # type: ignore[no-any-return]
+        return cast("Callable[[list[str]], Awaitable[Any]]", native)
     sync = getattr(model, name)
 
     async def in_thread(texts: list[str]) -> Any:

@@ -29,7 +29,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from cachedvec.errors import ConfigError, InvalidTextError
 
@@ -76,7 +76,7 @@ class ModelFingerprint:
         return f"{slug(self.model)}:{self.digest}"
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.canonical())  # type: ignore[no-any-return]
+        return cast("dict[str, Any]", json.loads(self.canonical()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelFingerprint:

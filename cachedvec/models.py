@@ -48,8 +48,12 @@ class EmbeddingModel(Protocol):
 @lru_cache(maxsize=32)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     # Keyed on size and mtime so a replaced file is hashed again.
+    # (hashlib.file_digest would do, from Python 3.11 on; we support 3.10.)
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _weights_digest(folder: Path) -> str:

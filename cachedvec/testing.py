@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -59,7 +60,7 @@ class FakeEmbeddings(Embeddings):
 
     # The LangChain Embeddings interface.
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.embed_array(texts).tolist()  # type: ignore[no-any-return]
+        return cast("list[list[float]]", self.embed_array(texts).tolist())
 
     def embed_query(self, text: str) -> list[float]:
-        return self.embed_array([text])[0].tolist()  # type: ignore[no-any-return]
+        return cast("list[float]", self.embed_array([text])[0].tolist())

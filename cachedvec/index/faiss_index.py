@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
@@ -393,7 +393,7 @@ class FaissIndex:
         if l2:
             scores += np.einsum("ij,ij->i", queries, queries)[:, None]
             np.maximum(scores, 0, out=scores)  # rounding can dip just below zero
-        id_map = faiss.rev_swig_ptr(self._index.id_map.data(), count)
+        id_map = faiss.rev_swig_ptr(cast(faiss.IndexIDMap2, self._index).id_map.data(), count)
         return scores, id_map[positions]
 
     def _exclusion_params(self) -> Any:
@@ -441,7 +441,10 @@ class _TopK:
 
     def add(self, scores: Matrix, first_column: int) -> None:
         """Offer a C-contiguous block of scores for columns ``first_column...``."""
-        self._heaps.addn(scores.shape[1], faiss.swig_ptr(scores), first_column, 0, scores.shape[0])
+        # faiss's stubs omit the offsets the C++ addn(nj, vin, j0, i0, ni) takes.
+        self._heaps.addn(  # type: ignore[call-arg]
+            scores.shape[1], faiss.swig_ptr(scores), first_column, 0, scores.shape[0]
+        )
 
     def finish(self) -> None:
         self._heaps.reorder()

@@ -38,7 +38,7 @@ class _Refused(Exception):
     """A record this store will not decode (pickled, or outside the folder)."""
 
 
-class _RawOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+class _RawOnlyDisk(diskcache.Disk):
     """A diskcache ``Disk`` that never unpickles and never leaves its folder."""
 
     def get(self, key: Any, raw: bool) -> Any:
