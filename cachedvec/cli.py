@@ -228,10 +228,13 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
 @model_option
 @click.option("--filter", "filter_json", default=None,
               help='Metadata filter as JSON, e.g. \'{"topic": {"$in": ["kettle", "tea"]}}\'.')
+@click.option("--rerank", type=int, default=None,
+              help="Candidates per result re-scored exactly from --store (default: the "
+                   "index's setting).")
 @json_option
 @handle_errors
 def query(text: str, k: int, index: str, store: str, model: str | None,
-          filter_json: str | None, as_json: bool) -> None:
+          filter_json: str | None, rerank: int | None, as_json: bool) -> None:
     """Print the chunks that best answer TEXT.
 
     \b
@@ -247,7 +250,7 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
     hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
-                       filter=filter_)
+                       filter=filter_, rerank=rerank)
     results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
                for h in hits]
     lines = []
@@ -281,11 +284,16 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
               help="Cached vectors sampled to train IVF/PQ (default 65536, or 40 per IVF list).")
 @click.option("--nprobe", type=int, default=None,
               help="IVF lists searched per query (default: 1/16 of them, at least 8).")
+@click.option("--rerank", type=int, default=None,
+              help="Candidates per result that searches re-score exactly with the vectors "
+                   "in the cache (default: 4 for PQ factories, else off).")
+@click.option("--no-rerank", is_flag=True, help="Never re-rank (not even PQ factories).")
 @json_option
 @handle_errors
 def reindex(index: str, factory: str | None, metric: str | None, store: str,
             model: str | None, compute_missing: bool, layout: str, batch_size: int,
-            train_size: int | None, nprobe: int | None, as_json: bool) -> None:
+            train_size: int | None, nprobe: int | None, rerank: int | None,
+            no_rerank: bool, as_json: bool) -> None:
     """Rebuild an index from cached vectors, with zero model calls.
 
     From the cache the rebuild streams: it trains on a sample and adds the
@@ -294,7 +302,8 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
     \b
     Examples:
       cachedvec reindex --factory HNSW32
-      cachedvec reindex --factory "IVF256,PQ16" --json
+      cachedvec reindex --factory "IVF256,PQ16" --json   # re-ranks 4 per result
+      cachedvec reindex --factory "IVF1024,PQ192np" --rerank 8
       cachedvec reindex --factory "IVF1024,SQ8" --layout ondisk --train-size 200000
       cachedvec reindex --model /models/bge-small   # switch models
     """
@@ -306,13 +315,18 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
         switch_to: Any = default_model()
     else:
         switch_to = model  # None keeps the index's model
+    if no_rerank and rerank is not None:
+        raise ConfigError("--rerank and --no-rerank contradict each other")
     report = run(index, factory=factory, metric=metric, store=store, model=switch_to,
                  compute_missing=compute_missing, layout=layout, batch_size=batch_size,
-                 train_size=train_size, nprobe=nprobe)
+                 train_size=train_size, nprobe=nprobe,
+                 rerank=False if no_rerank else rerank)
     _emit(as_json, report.as_dict(),
           f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
           f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
-          f"cache, {report.computed} computed")
+          f"cache, {report.computed} computed"
+          + (f"; searches re-rank {report.rerank} candidates per result from the cache"
+             if report.rerank else ""))
 
 
 @main.command()

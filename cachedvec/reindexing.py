@@ -24,6 +24,7 @@ reader or a crash sees the old index or the new one.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -32,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from cachedvec.codec import VectorCodec
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import ConfigError, IndexMismatchError, MissingVectorsError
 from cachedvec.index import DocStore, Record, VectorIndex
@@ -42,17 +42,22 @@ from cachedvec.index.builder import (
     open_docstore,
     save_rebuilt,
 )
+from cachedvec.index.rerank import CacheReader, check_rerank
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, progress, record_run, slices
 from cachedvec.keys import ModelFingerprint
 from cachedvec.stores import open_store
-from cachedvec.stores.base import CachedVecStore
 
-_READ_BATCH = 4096
 DEFAULT_BATCH_SIZE = 20_000
 #: Training vectors when ``train_size`` is not given: enough for PQ codebooks
 #: (256 centroids per sub-quantizer) and at least 40 per IVF list.
 DEFAULT_TRAIN_SIZE = 65_536
 _VECTORS_PER_LIST = 40
+#: Candidates per result that PQ indexes re-rank from the cache by default
+#: (``reindex(rerank=None)``); measured in docs/scaling.md.
+DEFAULT_PQ_RERANK = 4
+# A PQ code stage anywhere in a factory ("IVF1024,PQ192np", "OPQ16,IVF256,PQ16",
+# "HNSW32_PQ16"); OPQ alone is a rotation, not codes.
+_PQ_STAGE = re.compile(r"(?:^|[,_])PQ\d")
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ReindexReport:
     streamed: bool = False  # built batch by batch from the cache
     layout: str = "memory"
     trained_on: int = 0  # vectors in the training sample (0: nothing to train)
+    rerank: int | None = None  # candidates per result re-ranked from the cache (None: off)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,9 +108,24 @@ def ivf_pq_factory(n: int, dim: int) -> str:
     the index must be half the size of :func:`large_index_factory`'s. ``np``:
     no polysemous training, which costs minutes and only helps a search mode
     cachedvec does not use.
+
+    :func:`reindex` gives PQ indexes exact re-ranking from the cache by
+    default (``DEFAULT_PQ_RERANK`` candidates per result, read back from the
+    cache when a store is attached, see :mod:`cachedvec.index.rerank`); with
+    it the same benchmark reaches the 0.90 target (docs/scaling.md).
     """
     m = dim // 2 if dim % 2 == 0 else dim
     return f"IVF{_ivf_lists(n)},PQ{m}np"
+
+
+def default_rerank(factory: str) -> int | None:
+    """The re-rank factor a rebuild into ``factory`` gets unless told otherwise.
+
+    PQ codes reorder near-tied neighbours (the reason :func:`ivf_pq_factory`
+    missed 0.90), so PQ indexes re-rank ``DEFAULT_PQ_RERANK`` candidates per
+    result from the cache; other indexes do not re-rank.
+    """
+    return DEFAULT_PQ_RERANK if _PQ_STAGE.search(factory) else None
 
 
 def reindex(
@@ -121,6 +142,7 @@ def reindex(
     train_size: int | None = None,
     nprobe: int | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    rerank: int | bool | None = None,
 ) -> ReindexReport:
     """Rebuild the index at ``index`` from the cache (see the module docs).
 
@@ -134,9 +156,16 @@ def reindex(
     vectors are read from the store at a time; ``train_size`` vectors
     (default: 65,536, or 40 per IVF list if more) are sampled for training;
     ``nprobe`` sets the IVF lists searched per query.
+
+    ``rerank``: candidates per result that searches re-score exactly from
+    the cache (saved with the index; used when the index is opened with its
+    store, as ``cachedvec query`` and :class:`CachedVectorStore` do).
+    ``None``: :func:`default_rerank` of the new factory (PQ indexes re-rank);
+    ``False``: no re-ranking.
     """
     started = time.perf_counter()
     index_dir = Path(index)
+    factor = None if rerank is False else check_rerank(rerank)
     for name, value in (("batch_size", batch_size), ("train_size", train_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
@@ -147,10 +176,11 @@ def reindex(
                 "the on-disk layout streams vectors from the cache: first rebuild with "
                 "--model/--compute-missing, then again with --layout ondisk")
         report = _rebuild_with_model(index_dir, factory, metric, store, model, compute_missing,
-                                     nprobe, show_progress)
+                                     nprobe, show_progress, rerank is None, factor)
     else:
         report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
-                                    train_size, nprobe, block_size, show_progress)
+                                    train_size, nprobe, block_size, show_progress,
+                                    rerank is None, factor)
     report.seconds = round(time.perf_counter() - started, 3)
     report.index = str(index_dir)
     record_run(index_dir, "reindex", report.as_dict())
@@ -160,11 +190,14 @@ def reindex(
 def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
                        store_url: str, layout: str, batch_size: int, train_size: int | None,
                        nprobe: int | None, block_size: int,
-                       show_progress: bool | None) -> ReindexReport:
+                       show_progress: bool | None, use_default: bool,
+                       rerank: int | None) -> ReindexReport:
     """Keep the docstore; build a new FAISS index from cached vectors, batch by batch."""
     docstore, manifest = open_docstore(index_dir)
     try:
         factory, metric = factory or manifest.factory, metric or manifest.metric
+        if use_default:
+            rerank = default_rerank(factory)
         n = len(docstore)
         with (
             IndexBuilder(manifest.dim, metric=metric, factory=factory, layout=layout,
@@ -194,31 +227,18 @@ def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
                 _raise_missing(reader.missing, n, store_url)
             built = builder.finish()
             save_rebuilt(index_dir, built, docstore, fingerprint=manifest.fingerprint,
-                         lists_file=builder.lists_file)
+                         lists_file=builder.lists_file, rerank=rerank)
     finally:
         docstore.close()
     fingerprint = manifest.fingerprint or {}
     return ReindexReport(documents=n, factory=factory, metric=metric,
                          model=str(fingerprint.get("model", "")), cache_hits=n, computed=0,
-                         streamed=True, layout=layout, trained_on=trained_on)
+                         streamed=True, layout=layout, trained_on=trained_on,
+                         rerank=rerank)
 
 
-class _CacheReader:
-    """Reads vectors by key, counting the ones the cache does not hold."""
-
-    def __init__(self, store: CachedVecStore, dim: int) -> None:
-        self._store = store
-        self._codec = VectorCodec(dim)
-        self.missing = 0
-
-    def read(self, keys: list[str]) -> np.ndarray:
-        parts = []
-        for start in range(0, len(keys), _READ_BATCH):
-            block, absent, corrupt = self._codec.decode_many(
-                self._store.mget(keys[start:start + _READ_BATCH]))
-            self.missing += len(absent) + len(corrupt)
-            parts.append(block)
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+class _CacheReader(CacheReader):
+    """The index package's cache reader, plus a random training sample."""
 
     def sample(self, docstore: DocStore, size: int, seed: int = 0) -> np.ndarray:
         """``size`` vectors of documents drawn uniformly at random (one docstore pass)."""
@@ -258,16 +278,20 @@ def _raise_missing(missing: int, total: int, store_url: str) -> None:
 
 def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None,
                         store: str, model: Any, compute_missing: bool, nprobe: int | None,
-                        show_progress: bool | None) -> ReindexReport:
+                        show_progress: bool | None, use_default: bool,
+                        rerank: int | None) -> ReindexReport:
     """Vectors through the model's cache (computing what it lacks), built in memory."""
     old = VectorIndex.load(index_dir)
     try:
         records = list(old.records())
         factory, metric = factory or old.factory, metric or old.metric
+        if use_default:
+            rerank = default_rerank(factory)
         vectors, keys, fingerprint, hits, computed = _embedded(
             records, model, old.fingerprint, store, model is not None, show_progress)
         fresh = VectorIndex(vectors.shape[1] if len(vectors) else old.dim, metric=metric,
-                            factory=factory, fingerprint=fingerprint, nprobe=nprobe)
+                            factory=factory, fingerprint=fingerprint, nprobe=nprobe,
+                            rerank=rerank)
     finally:
         old.close()
     try:
@@ -284,7 +308,8 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
     finally:
         fresh.close()
     return ReindexReport(documents=len(records), factory=factory, metric=metric,
-                         model=fingerprint.model, cache_hits=hits, computed=computed)
+                         model=fingerprint.model, cache_hits=hits, computed=computed,
+                         rerank=rerank)
 
 
 def _embedded(records: list[Record], model: Any, current: ModelFingerprint | None,

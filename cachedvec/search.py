@@ -19,16 +19,20 @@ def query(
     store: str = DEFAULT_STORE,
     model: Any = None,
     filter: dict[str, Any] | None = None,
+    rerank: int | None = None,
 ) -> tuple[list[Hit], bool]:
     """The ``k`` best chunks for ``text``, and whether its vector was a cache hit.
 
     The query vector goes through the cache's query namespace, so a question
     asked before costs no model call (and does not even load the model).
     Raises :class:`IndexMismatchError` if the index was built with another model.
+    The index's saved re-rank setting (or ``rerank``) re-ranks from ``store``.
     """
     with CachedEmbeddings(model, prepare_store_url(store)) as emb:
-        vindex = VectorIndex.load(Path(index), fingerprint=emb.fingerprint)
+        vindex = VectorIndex.load(Path(index), fingerprint=emb.fingerprint, cache=emb.store)
         try:
+            if rerank is not None:
+                vindex.rerank = rerank
             vector = emb.embed_query_array(text)
             hits = vindex.search(vector, k, filter=filter)
         finally:

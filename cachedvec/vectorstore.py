@@ -36,6 +36,7 @@ from langchain_core.vectorstores import VectorStore
 from cachedvec.errors import ConfigError
 from cachedvec.index import Filter, Hit, Manifest, VectorIndex
 from cachedvec.index.faiss_index import check_metric
+from cachedvec.index.rerank import check_rerank
 from cachedvec.keys import ModelFingerprint
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class CachedVectorStore(VectorStore):
         factory: a FAISS factory string: ``"Flat"`` (exact, default),
             ``"HNSW32"``, ``"IVF1024,Flat"``, ``"OPQ16,IVF1024,PQ16"``...
         ef_search, nprobe: search-time accuracy of HNSW and IVF indexes.
+        rerank: candidates per result re-scored exactly with the vectors of
+            the embeddings' cache (``embedding.store``, as
+            :class:`CachedEmbeddings` has), for compressed (PQ, SQ) indexes.
+            An index saved with the setting re-ranks when loaded with such
+            embeddings.
         dim: the vector dimension, when the embeddings do not tell it; the
             index is otherwise created on the first add.
         index: an existing :class:`VectorIndex` to wrap (see :meth:`load`).
@@ -69,6 +75,7 @@ class CachedVectorStore(VectorStore):
         nprobe: int | None = None,
         dim: int | None = None,
         index: VectorIndex | None = None,
+        rerank: int | None = None,
     ) -> None:
         self._embedding = embedding
         self._options: dict[str, Any] = {
@@ -76,8 +83,13 @@ class CachedVectorStore(VectorStore):
             "factory": factory,
             "ef_search": ef_search,
             "nprobe": nprobe,
+            "rerank": check_rerank(rerank),
         }
         self._index = index
+        if index is not None:
+            if rerank is not None:
+                index.rerank = rerank
+            self._attach_cache(index)
         known_dim = dim if dim is not None else getattr(embedding, "dim", None)
         # With the dimension known the factory string is checked now; otherwise
         # on the first add (a factory's validity depends on the dimension).
@@ -88,11 +100,21 @@ class CachedVectorStore(VectorStore):
 
     def _new_index(self, dim: int) -> VectorIndex:
         fingerprint = getattr(self._embedding, "fingerprint", None)
-        return VectorIndex(
+        index = VectorIndex(
             dim,
             fingerprint=fingerprint if isinstance(fingerprint, ModelFingerprint) else None,
             **self._options,
         )
+        self._attach_cache(index)
+        return index
+
+    def _attach_cache(self, index: VectorIndex) -> None:
+        # The documents' vectors sit in the embeddings' document store under
+        # the keys the docstore records; without such a store (embeddings
+        # that do not cache) searches go without re-ranking.
+        store = getattr(self._embedding, "store", None)
+        if callable(getattr(store, "mget", None)):
+            index.attach_cache(store)
 
     @property
     def embeddings(self) -> Embeddings:
@@ -416,8 +438,12 @@ class CachedVectorStore(VectorStore):
         *,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        rerank: int | None = None,
     ) -> CachedVectorStore:
         """Open a saved folder for these embeddings.
+
+        A saved re-rank setting (or ``rerank``) re-ranks from the embeddings'
+        store when they have one (:class:`CachedEmbeddings` does).
 
         Raises :class:`cachedvec.IndexMismatchError` when the folder was built
         by another model (both sides have fingerprints and they differ) or for
@@ -435,7 +461,8 @@ class CachedVectorStore(VectorStore):
             index.ef_search = ef_search
         if nprobe is not None:
             index.nprobe = nprobe
-        return cls(embedding, metric=index.metric, factory=index.factory, index=index)
+        return cls(embedding, metric=index.metric, factory=index.factory, index=index,
+                   rerank=rerank)
 
     def close(self) -> None:
         """Release the docstore."""

@@ -231,15 +231,18 @@ def save_rebuilt(
     *,
     fingerprint: dict[str, Any] | None,
     lists_file: Path | None = None,
+    rerank: int | None = None,
 ) -> persist.Manifest:
     """Save a rebuilt index with its docstore (atomic swap), then drop stale lists files.
 
     ``index`` must hold exactly the docstore's vector ids. On failure the
     new lists file is removed and the folder keeps its previous index.
+    ``rerank``: the re-rank factor saved with the search settings.
     """
     settings = {
         name: value
-        for name, value in (("ef_search", index.ef_search), ("nprobe", index.nprobe))
+        for name, value in (("ef_search", index.ef_search), ("nprobe", index.nprobe),
+                            ("rerank", rerank))
         if value is not None
     }
     try:

@@ -64,6 +64,10 @@ _METADATA_BY_VECTOR_IDS = (
     "SELECT d.vector_id, d.metadata FROM json_each(?) AS j "
     "JOIN documents AS d ON d.vector_id = j.value"
 )
+_KEYS_BY_VECTOR_IDS = (
+    "SELECT d.vector_id, d.cache_key FROM json_each(?) AS j "
+    "JOIN documents AS d ON d.vector_id = j.value"
+)
 _VECTOR_IDS_BY_IDS = (
     "SELECT d.id, d.vector_id FROM json_each(?) AS j JOIN documents AS d ON d.id = j.value"
 )
@@ -181,6 +185,13 @@ class DocStore:
     def metadata_of(self, vector_ids: Sequence[int]) -> dict[int, str]:
         """``vector_id -> metadata JSON`` for filter evaluation."""
         return dict(self._read(_METADATA_BY_VECTOR_IDS, (_json_ints(vector_ids),)))
+
+    def cache_keys_of(self, vector_ids: Sequence[int]) -> dict[int, str | None]:
+        """``vector_id -> cache key`` (``None``: added without one), in one query.
+
+        Ids without a document (deleted) are absent from the result.
+        """
+        return dict(self._read(_KEYS_BY_VECTOR_IDS, (_json_ints(vector_ids),)))
 
     def iter_metadata(self, batch: int = 10_000) -> Iterator[list[tuple[int, str]]]:
         """Every ``(vector_id, metadata JSON)``, in batches, for full-scan filters."""

@@ -23,7 +23,7 @@ Manifest (format version 1)::
       "format_version": 1,
       "created": "2025-01-01T00:00:00Z",
       "dim": 384, "metric": "cosine", "factory": "HNSW32",
-      "search": {"ef_search": 64},               # or {"nprobe": 16}, or {}
+      "search": {"ef_search": 64},               # or {"nprobe": 16, "rerank": 4}, or {}
       "fingerprint": {...} | null,               # keys.ModelFingerprint.to_dict()
       "counts": {"documents": 1000, "vectors": 1003, "tombstones": 3},
       "files": {

@@ -15,6 +15,13 @@ match rate until ``k`` match. When a filter is so selective that this would
 mean scanning a large part of the index anyway, it evaluates the filter on
 every document and scores the matches exactly. Either way ``k`` results
 come back whenever ``k`` documents match.
+
+Re-ranking from the cache (opt in: ``rerank=N`` and :meth:`attach_cache`):
+FAISS is asked for ``k * N`` candidates, in the one place both search paths
+go through (:meth:`_candidates`), and :mod:`cachedvec.index.rerank` scores
+them exactly with the vectors the cache holds under their cache keys. The
+factor is saved with the index; the store is not: an index opened without
+one (a bare :meth:`VectorIndex.load`) searches without re-ranking.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from cachedvec.index.docstore import DocStore, Record, parse_metadata
 from cachedvec.index.faiss_index import FaissIndex, Ids, Matrix
 from cachedvec.index.filters import Filter, Predicate, compile_filter
 from cachedvec.index.mmr import mmr_select
+from cachedvec.index.rerank import CacheReranker, check_rerank, scores_exactly
 from cachedvec.index.rwlock import ReadWriteLock
 from cachedvec.keys import ModelFingerprint
 
@@ -69,6 +77,9 @@ class VectorIndex:
     ``"OPQ16,IVF1024,PQ16"``...). Indexes that need training are trained on
     the first batch added (or call :meth:`train` with a sample first).
     ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall.
+    ``rerank``: candidates per result re-scored exactly from the cache once a
+    store is attached (:meth:`attach_cache`); for compressed (PQ, SQ)
+    indexes, ignored by flat ones, which already score exactly.
     """
 
     def __init__(
@@ -80,8 +91,11 @@ class VectorIndex:
         fingerprint: ModelFingerprint | None = None,
         ef_search: int | None = None,
         nprobe: int | None = None,
+        rerank: int | None = None,
     ) -> None:
         self._faiss = FaissIndex(dim, metric, factory, ef_search=ef_search, nprobe=nprobe)
+        self._rerank = check_rerank(rerank)
+        self._reranker: CacheReranker | None = None
         self._docs = DocStore()
         self._count = 0
         self._next_vector_id = 0
@@ -117,6 +131,34 @@ class VectorIndex:
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         self._faiss.nprobe = value
+
+    @property
+    def rerank(self) -> int | None:
+        """Candidates fetched per result for exact re-ranking (``None``: off); saved."""
+        return self._rerank
+
+    @rerank.setter
+    def rerank(self, value: int | None) -> None:
+        self._rerank = check_rerank(value)
+
+    def attach_cache(self, store: Any) -> None:
+        """Re-rank from this byte store (the cache the vectors were stored in); None detaches.
+
+        Only the store's ``mget`` is used; the caller keeps owning (and closes) it.
+        """
+        self._reranker = None if store is None else CacheReranker(store, self.dim)
+
+    @property
+    def reranking(self) -> bool:
+        """Whether searches re-rank now: a factor, a store, and an index that is not exact."""
+        return self._active_reranker() is not None
+
+    def _active_reranker(self) -> CacheReranker | None:
+        if self._rerank is None or self._reranker is None:
+            return None
+        if scores_exactly(self._faiss.faiss_index):
+            return None
+        return self._reranker
 
     @property
     def tombstones(self) -> int:
@@ -379,13 +421,25 @@ class VectorIndex:
     def _candidates(
         self, matrix: Matrix, k: int, predicate: Predicate | None, fetch_k: int | None
     ) -> tuple[Matrix, Ids]:
-        """Top-k ``(scores, vector ids)`` per query, -1 padded; under the read lock."""
+        """Top-k ``(scores, vector ids)`` per query, -1 padded; under the read lock.
+
+        With re-ranking, both paths collect ``k * factor`` candidates (matching
+        the filter, if any) and the exact scores pick the ``k``.
+        """
         if self._count == 0:
             empty = np.empty((len(matrix), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        reranker = self._active_reranker()
+        factor = self._rerank if reranker is not None and self._rerank else 1
+        wanted = k * factor
         if predicate is None:
-            return self._unfiltered(matrix, min(k, self._count))
-        return self._filtered(matrix, k, predicate, fetch_k)
+            scores, ids = self._unfiltered(matrix, min(wanted, self._count))
+        else:
+            scores, ids = self._filtered(matrix, wanted, predicate, fetch_k)
+        if reranker is None:
+            return scores, ids
+        return reranker.rerank(matrix, ids, self._docs.cache_keys_of, k, self.metric,
+                               self._faiss.reconstruct)
 
     def _unfiltered(self, matrix: Matrix, k: int) -> tuple[Matrix, Ids]:
         scores, ids = self._faiss.search(matrix, k)
@@ -526,7 +580,7 @@ class VectorIndex:
                 dim=self.dim,
                 metric=self.metric,
                 factory=self.factory,
-                search=_search_settings(faiss_index),
+                search=_search_settings(faiss_index, self._rerank),
                 fingerprint=self.fingerprint.to_dict() if self.fingerprint else None,
                 counts={
                     "documents": self._count,
@@ -542,8 +596,13 @@ class VectorIndex:
         *,
         fingerprint: ModelFingerprint | None = None,
         dim: int | None = None,
+        cache: Any = None,
     ) -> VectorIndex:
         """Open a saved folder, verified; refuses another model or dimension.
+
+        ``cache``: the byte store holding the documents' vectors; with it, a
+        saved ``rerank`` setting re-ranks searches (:meth:`attach_cache`).
+        Without it the index searches without re-ranking.
 
         Raises :class:`IndexCorruptError` for a damaged folder and
         :class:`IndexMismatchError` for one built by another model, another
@@ -553,7 +612,9 @@ class VectorIndex:
             path, fingerprint=fingerprint.to_dict() if fingerprint else None, dim=dim
         )
         try:
-            return cls._adopt(index, docstore, manifest, path)
+            opened = cls._adopt(index, docstore, manifest, path)
+            opened.attach_cache(cache)
+            return opened
         except BaseException:
             docstore.close()
             raise
@@ -597,6 +658,11 @@ class VectorIndex:
         faiss_index.remove(dead)
         opened = cls.__new__(cls)
         opened._faiss = faiss_index
+        try:
+            opened._rerank = check_rerank(search.get("rerank"))
+        except ConfigError as exc:
+            raise IndexCorruptError(f"index {path}: {exc}") from exc
+        opened._reranker = None  # the store is not saved: the opener attaches one
         opened._docs = docstore
         opened._count = len(live)
         opened._next_vector_id = int(max(stored.max(initial=-1), live.max(initial=-1))) + 1
@@ -620,8 +686,10 @@ class VectorIndex:
         self.close()
 
 
-def _search_settings(faiss_index: FaissIndex) -> dict[str, int]:
+def _search_settings(faiss_index: FaissIndex, rerank: int | None) -> dict[str, int]:
     settings = {}
+    if rerank is not None:
+        settings["rerank"] = rerank
     if faiss_index.ef_search is not None:
         settings["ef_search"] = faiss_index.ef_search
     if faiss_index.nprobe is not None:
