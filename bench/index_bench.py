@@ -337,7 +337,7 @@ def main() -> None:
                 loads["raw"],
                 loads["lc"] / loads["cv"],
                 loads["raw"] / loads["cv"],
-                "cachedvec verifies sha256 of every file",
+                "cachedvec verifies a checksum of every file",
             )
         )
         sizes = {

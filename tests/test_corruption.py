@@ -321,7 +321,7 @@ def reseal(folder: Path, role: str) -> None:
     path = folder / "manifest.json"
     data = json.loads(path.read_text())
     content = folder_file(folder, role).read_bytes()
-    data["files"][role].update(bytes=len(content), sha256=hashlib.sha256(content).hexdigest())
+    data["files"][role].update(bytes=len(content), xxh3_128=xxhash.xxh3_128(content).hexdigest())
     body = {key: value for key, value in data.items() if key != "manifest_sha256"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     data["manifest_sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
@@ -428,13 +428,13 @@ def test_an_index_from_a_newer_cachedvec_is_refused_and_never_overwritten(
     url, index = f"sqlite:///{tmp_path}/cache.db", tmp_path / "index"
     ingest(corpus, index, url)
     manifest = json.loads((index / "manifest.json").read_text())
-    manifest.update(format_version=2, layout="something this version cannot know")
+    manifest.update(format_version=3, layout="something this version cannot know")
     (index / "manifest.json").write_text(json.dumps(manifest))  # sealed by a future writer
     before = folder_bytes(index)
     where = ["--index", index, "--store", url]
     args = {"ingest": ["ingest", corpus, *where], "query": ["query", "w3", *where],
             "reindex": ["reindex", *where], "stats": ["stats", *where]}[command]
-    assert_one_error_line(run_cli(monkeypatch, *args), "format version 2", "upgrade")
+    assert_one_error_line(run_cli(monkeypatch, *args), "format version 3", "upgrade")
     assert folder_bytes(index) == before
     FIGURES.add("newer-format index folders refused by a CLI command")
 

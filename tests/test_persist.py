@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,7 +70,7 @@ def reseal_file(folder: Path, role: str) -> None:
 
     def update(data: dict[str, Any]) -> None:
         data["files"][role]["bytes"] = len(content)
-        data["files"][role]["sha256"] = hashlib.sha256(content).hexdigest()
+        data["files"][role]["xxh3_128"] = xxhash.xxh3_128(content).hexdigest()
 
     rewrite_manifest(folder, update)
 
@@ -132,14 +133,14 @@ def test_manifest_describes_the_index(tmp_path: Path) -> None:
     index = make_index("HNSW16", ef_search=40)
     index.save(tmp_path)
     raw = json.loads((tmp_path / "manifest.json").read_text())
-    assert raw["format"] == "cachedvec-index" and raw["format_version"] == 1
+    assert raw["format"] == "cachedvec-index" and raw["format_version"] == 2
     assert raw["fingerprint"] == FINGERPRINT.to_dict()
     assert (raw["dim"], raw["metric"], raw["factory"]) == (DIM, "cosine", "HNSW16")
     assert raw["search"] == {"ef_search": 40}
     for entry in raw["files"].values():
         content = (tmp_path / entry["name"]).read_bytes()
         assert entry["bytes"] == len(content)
-        assert entry["sha256"] == hashlib.sha256(content).hexdigest()
+        assert entry["xxh3_128"] == xxhash.xxh3_128(content).hexdigest()
     manifest = read_manifest(tmp_path)
     assert manifest.counts["documents"] == 300
 
@@ -284,8 +285,31 @@ def test_another_model_or_dimension_is_refused(tmp_path: Path) -> None:
 
 def test_a_newer_format_version_is_refused(tmp_path: Path) -> None:
     make_index(n=5).save(tmp_path)
-    rewrite_manifest(tmp_path, lambda data: data.update(format_version=2))
+    rewrite_manifest(tmp_path, lambda data: data.update(format_version=3))
     with pytest.raises(IndexMismatchError, match="upgrade"):
+        VectorIndex.load(tmp_path)
+
+
+def test_a_version_1_folder_with_sha256_checksums_still_loads_and_is_still_verified(
+    tmp_path: Path,
+) -> None:
+    make_index(n=5).save(tmp_path)
+
+    def as_version_1(data: dict[str, Any]) -> None:
+        data["format_version"] = 1
+        for entry in data["files"].values():
+            del entry["xxh3_128"]
+            entry["sha256"] = hashlib.sha256((tmp_path / entry["name"]).read_bytes()).hexdigest()
+
+    rewrite_manifest(tmp_path, as_version_1)
+    with VectorIndex.load(tmp_path) as loaded:
+        assert len(loaded) == 5
+    docstore = tmp_path / json.loads((tmp_path / "manifest.json").read_text())["files"][
+        "docstore"]["name"]
+    content = bytearray(docstore.read_bytes())
+    content[-1] ^= 1
+    docstore.write_bytes(bytes(content))
+    with pytest.raises(IndexCorruptError, match="sha256"):
         VectorIndex.load(tmp_path)
 
 
@@ -332,7 +356,9 @@ def test_a_damaged_manifest_is_refused(damage: Any, tmp_path: Path) -> None:
         pytest.param(lambda d: d.update(dim=8), id="dim-lies"),
         pytest.param(lambda d: d.update(factory="HNSW32"), id="factory-lies"),
         pytest.param(lambda d: d.update(metric="l2"), id="metric-lies"),
-        pytest.param(lambda d: d["files"]["index"].update(sha256="0" * 64), id="sha"),
+        pytest.param(lambda d: d["files"]["index"].update(xxh3_128="0" * 32), id="digest"),
+        pytest.param(lambda d: d["files"]["index"].update(xxh3_128="0" * 64), id="digest-form"),
+        pytest.param(lambda d: d["files"]["index"].pop("xxh3_128"), id="digest-missing"),
         pytest.param(lambda d: d.pop("files"), id="files-missing"),
     ],
 )

@@ -16,19 +16,19 @@ files, intact; a crash after it leaves the new one. Only then are files of
 older saves (and leftovers of crashed ones) deleted. Readers never see a
 half-written folder.
 
-Manifest (format version 1)::
+Manifest (format version 2)::
 
     {
       "format": "cachedvec-index",
-      "format_version": 1,
+      "format_version": 2,
       "created": "2025-01-01T00:00:00Z",
       "dim": 384, "metric": "cosine", "factory": "HNSW32",
       "search": {"ef_search": 64},               # or {"nprobe": 16, "rerank": 4}, or {}
       "fingerprint": {...} | null,               # keys.ModelFingerprint.to_dict()
       "counts": {"documents": 1000, "vectors": 1003, "tombstones": 3},
       "files": {
-        "index": {"name": "index-3f...faiss", "bytes": 1536045, "sha256": "..."},
-        "docstore": {"name": "docstore-3f...sqlite", "bytes": 204800, "sha256": "..."}
+        "index": {"name": "index-3f...faiss", "bytes": 1536045, "xxh3_128": "..."},
+        "docstore": {"name": "docstore-3f...sqlite", "bytes": 204800, "xxh3_128": "..."}
       },
       "manifest_sha256": "..."   # sha256 of the canonical JSON of all other fields
     }
@@ -37,8 +37,13 @@ Loading checks, in order: the manifest parses and its own checksum holds (any
 edit or bit flip fails), the format version is one this code reads (a newer
 one raises :class:`IndexMismatchError`), the fingerprint and dimension match
 what the caller expects (:class:`IndexMismatchError`), then each data file's
-size and sha256 before FAISS or SQLite read a byte of it. Anything else in
+size and checksum before FAISS or SQLite read a byte of it. Anything else in
 the folder is ignored: nothing is unpickled, imported or executed.
+
+Data file checksums are xxh3-128 (format version 2): they guard against
+damage, not against an attacker, who could rewrite the manifest's own digest
+as easily. sha256 (version 1, still read) took 0.13 s of a 0.25 s load of
+100k vectors; xxh3-128 takes 0.015 s.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import xxhash
 
 from cachedvec.errors import IndexCorruptError, IndexMismatchError, VectorIndexError
 from cachedvec.index.docstore import DocStore
@@ -69,7 +75,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 FORMAT = "cachedvec-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _LOCK = ".lock"
 _MAX_MANIFEST_BYTES = 1 << 20
@@ -80,7 +86,12 @@ _LEFTOVER = re.compile(
     r"^((index|docstore)-[0-9a-f]{16}\.(faiss|sqlite(-journal|-wal|-shm)?)"
     r"|manifest\.json\.[0-9a-f]{16}\.tmp)$"
 )
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Data file checksum per format version: hex digest length and constructor.
+_DIGESTS: dict[str, tuple[int, Any]] = {
+    "xxh3_128": (32, xxhash.xxh3_128),
+    "sha256": (64, hashlib.sha256),  # format version 1
+}
+_FILE_DIGEST = "xxh3_128"
 _CHUNK = 1 << 22
 
 
@@ -296,7 +307,8 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
             search={str(key): _int(value, 1) for key, value in data["search"].items()},
             fingerprint=data["fingerprint"],
             counts={name: _int(data["counts"][name], 0) for name in _COUNTS},
-            files={role: _file_entry(data["files"][role]) for role in ("index", "docstore")},
+            files={role: _file_entry(data["files"][role], _int(version, 1))
+                   for role in ("index", "docstore")},
             created=str(data["created"]),
             format_version=_int(version, 1),
         )
@@ -310,14 +322,16 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
 _COUNTS = ("documents", "vectors", "tombstones")
 
 
-def _file_entry(entry: Any) -> dict[str, Any]:
-    name, size, digest = entry["name"], entry["bytes"], entry["sha256"]
+def _file_entry(entry: Any, version: int) -> dict[str, Any]:
+    algorithm = _FILE_DIGEST if version >= 2 else "sha256"
+    name, size, digest = entry["name"], entry["bytes"], entry[algorithm]
     # Only our own file names: a manifest must not point outside its folder.
     if not isinstance(name, str) or not _DATA_FILE.match(name):
         raise ValueError(f"bad data file name {name!r}")
-    if not isinstance(digest, str) or not _SHA256.match(digest):
-        raise ValueError(f"bad sha256 {digest!r}")
-    return {"name": name, "bytes": _int(size, 0), "sha256": digest}
+    length = _DIGESTS[algorithm][0]
+    if not isinstance(digest, str) or not re.fullmatch(f"[0-9a-f]{{{length}}}", digest):
+        raise ValueError(f"bad {algorithm} {digest!r}")
+    return {"name": name, "bytes": _int(size, 0), algorithm: digest}
 
 
 def _known_metric(value: Any) -> str:
@@ -350,12 +364,16 @@ def _short(fingerprint: Mapping[str, Any]) -> str:
 
 
 def _describe(path: Path) -> dict[str, Any]:
-    size, digest = _digest_file(path)
-    return {"name": path.name, "bytes": size, "sha256": digest}
+    size, digest = _digest_file(path, _FILE_DIGEST)
+    return {"name": path.name, "bytes": size, _FILE_DIGEST: digest}
 
 
-def _digest_file(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
+def _algorithm(entry: Mapping[str, Any]) -> str:
+    return next(name for name in _DIGESTS if name in entry)
+
+
+def _digest_file(path: Path, algorithm: str) -> tuple[int, str]:
+    digest = _DIGESTS[algorithm][1]()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -366,14 +384,15 @@ def _digest_file(path: Path) -> tuple[int, str]:
 
 def _verify_file(folder: Path, entry: Mapping[str, Any]) -> None:
     path = folder / entry["name"]
-    _check(path, entry, *_digest_file(path))
+    _check(path, entry, *_digest_file(path, _algorithm(entry)))
 
 
 def _check(path: Path, entry: Mapping[str, Any], size: int, digest: str) -> None:
     if size != entry["bytes"]:
         raise IndexCorruptError(f"{path} has {size} bytes, its manifest says {entry['bytes']}")
-    if digest != entry["sha256"]:
-        raise IndexCorruptError(f"{path} fails its sha256 checksum: the file is damaged")
+    algorithm = _algorithm(entry)
+    if digest != entry[algorithm]:
+        raise IndexCorruptError(f"{path} fails its {algorithm} checksum: the file is damaged")
 
 
 @contextmanager
