@@ -117,11 +117,12 @@ class CacheReranker:
         reconstruct: Callable[[Ids], Matrix],
     ) -> Matrix:
         """Exact vectors of ``vector_ids``: from the cache, else reconstructed."""
-        with_key = [i for i, v in enumerate(vector_ids.tolist()) if keys.get(v)]
+        keyed = [(i, key) for i, v in enumerate(vector_ids.tolist()) if (key := keys.get(v))]
+        with_key = [i for i, _ in keyed]
         out = np.empty((len(vector_ids), self.dim), dtype=np.float32)
         found = np.zeros(len(vector_ids), dtype=bool)
         if with_key:
-            rows, ok = self._reader.read_found([keys[int(vector_ids[i])] for i in with_key])
+            rows, ok = self._reader.read_found([key for _, key in keyed])
             ok &= np.isfinite(rows).all(axis=1)
             positions = np.asarray(with_key, dtype=np.int64)[ok]
             out[positions] = rows[ok]

@@ -1,0 +1,33 @@
+"""The linters agree with the code: ruff and mypy, with pyproject.toml's settings.
+
+They run here so that CI's one command checks them too (``.ci/run``), at
+the versions ``.ci/constraints.txt`` pins: a newer mypy or ruff may judge
+the same code differently, and that should be a deliberate upgrade.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_ruff_finds_nothing() -> None:
+    pytest.importorskip("ruff", reason="ruff comes with the test extra")
+    result = run_tool("ruff", "check", "cachedvec", "tests", "bench", "examples", "migrations")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_nothing() -> None:
+    pytest.importorskip("mypy", reason="mypy comes with the test extra")
+    result = run_tool("mypy", "cachedvec")
+    assert result.returncode == 0, result.stdout + result.stderr
