@@ -288,3 +288,39 @@ def test_reindex_gives_pq_the_default_rerank(store_url: str, store,  # type: ign
     assert out.exit_code != 0 and "rerank" in out.output
     report = cachedvec.reindex(folder, store=store_url, factory="IVF16,SQ8")
     assert report.rerank is None
+
+
+def test_query_job_reranks_from_its_store(tmp_path: Path) -> None:
+    """``cachedvec query``'s job attaches --store: saved setting, and --rerank overrides."""
+    from cachedvec.search import query
+
+    rng = np.random.default_rng(6)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, 6)) for _ in range(1500)]
+    url = f"sqlite:///{tmp_path}/cache.db"
+    with CachedEmbeddings(FakeEmbeddings(DIM), url) as emb:
+        db = CachedVectorStore(emb, factory="IVF4,PQ8", nprobe=4, rerank=10)
+        db.add_texts(texts)
+        db.save(tmp_path / "idx")
+        db.close()
+        stored = dict(zip(texts, emb.embed_documents_array(texts), strict=True))
+    question = " ".join(texts[11].split()[:3])
+    exact_vector = FakeEmbeddings(DIM).embed_array([question])[0]
+
+    def errors(hits: list) -> list[float]:
+        return [abs(h.score - float(exact_vector @ stored[h.text])) for h in hits]
+
+    hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM))
+    assert len(hits) == 5 and max(errors(hits)) < 1e-5
+    with pytest.raises(ConfigError):
+        query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM),
+              rerank=0)
+    # With the index's setting turned off, the scores are PQ's approximations.
+    with VectorIndex.load(tmp_path / "idx") as vindex:
+        vindex.rerank = None
+        vindex.save(tmp_path / "idx")
+    hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM))
+    assert max(errors(hits)) > 1e-3
+    hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM),
+                    rerank=10)
+    assert max(errors(hits)) < 1e-5
