@@ -121,6 +121,13 @@ def ivf_pq_factory(n: int, dim: int) -> str:
     return f"IVF{_ivf_lists(n)},PQ{m}np"
 
 
+def _rerank_for(rerank: int | bool | None, factory: str) -> int | None:
+    """``reindex``'s ``rerank`` argument, resolved for the factory being built."""
+    if rerank is None:
+        return default_rerank(factory)
+    return None if rerank is False else check_rerank(rerank)
+
+
 def default_rerank(factory: str) -> int | None:
     """The re-rank factor a rebuild into ``factory`` gets unless told otherwise.
 
@@ -168,7 +175,8 @@ def reindex(
     """
     started = time.perf_counter()
     index_dir = Path(index)
-    factor = None if rerank is False else check_rerank(rerank)
+    if rerank is not False:
+        check_rerank(rerank)  # refuse a bad factor before any work
     for name, value in (("batch_size", batch_size), ("train_size", train_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
@@ -179,11 +187,11 @@ def reindex(
                 "the on-disk layout streams vectors from the cache: first rebuild with "
                 "--model/--compute-missing, then again with --layout ondisk")
         report = _rebuild_with_model(index_dir, factory, metric, store, model, compute_missing,
-                                     nprobe, show_progress, rerank is None, factor)
+                                     nprobe, show_progress, rerank)
     else:
         report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
                                     train_size, nprobe, block_size, show_progress,
-                                    rerank is None, factor)
+                                    rerank)
     report.seconds = round(time.perf_counter() - started, 3)
     report.index = str(index_dir)
     record_run(index_dir, "reindex", report.as_dict())
@@ -193,14 +201,13 @@ def reindex(
 def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
                        store_url: str, layout: str, batch_size: int, train_size: int | None,
                        nprobe: int | None, block_size: int,
-                       show_progress: bool | None, use_default: bool,
-                       rerank: int | None) -> ReindexReport:
+                       show_progress: bool | None,
+                       rerank: int | bool | None) -> ReindexReport:
     """Keep the docstore; build a new FAISS index from cached vectors, batch by batch."""
     docstore, manifest = open_docstore(index_dir)
     try:
         factory, metric = factory or manifest.factory, metric or manifest.metric
-        if use_default:
-            rerank = default_rerank(factory)
+        factor = _rerank_for(rerank, factory)
         n = len(docstore)
         with (
             IndexBuilder(manifest.dim, metric=metric, factory=factory, layout=layout,
@@ -230,14 +237,14 @@ def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
                 _raise_missing(reader.missing, n, store_url)
             built = builder.finish()
             save_rebuilt(index_dir, built, docstore, fingerprint=manifest.fingerprint,
-                         lists_file=builder.lists_file, rerank=rerank)
+                         lists_file=builder.lists_file, rerank=factor)
     finally:
         docstore.close()
     fingerprint = manifest.fingerprint or {}
     return ReindexReport(documents=n, factory=factory, metric=metric,
                          model=str(fingerprint.get("model", "")), cache_hits=n, computed=0,
                          streamed=True, layout=layout, trained_on=trained_on,
-                         rerank=rerank)
+                         rerank=factor)
 
 
 class _CacheReader(CacheReader):
@@ -281,20 +288,19 @@ def _raise_missing(missing: int, total: int, store_url: str) -> None:
 
 def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None,
                         store: str, model: Any, compute_missing: bool, nprobe: int | None,
-                        show_progress: bool | None, use_default: bool,
-                        rerank: int | None) -> ReindexReport:
+                        show_progress: bool | None,
+                        rerank: int | bool | None) -> ReindexReport:
     """Vectors through the model's cache (computing what it lacks), built in memory."""
     old = VectorIndex.load(index_dir)
     try:
         records = list(old.records())
         factory, metric = factory or old.factory, metric or old.metric
-        if use_default:
-            rerank = default_rerank(factory)
+        factor = _rerank_for(rerank, factory)
         vectors, keys, fingerprint, hits, computed = _embedded(
             records, model, old.fingerprint, store, model is not None, show_progress)
         fresh = VectorIndex(vectors.shape[1] if len(vectors) else old.dim, metric=metric,
                             factory=factory, fingerprint=fingerprint, nprobe=nprobe,
-                            rerank=rerank)
+                            rerank=factor)
     finally:
         old.close()
     try:
@@ -312,7 +318,7 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
         fresh.close()
     return ReindexReport(documents=len(records), factory=factory, metric=metric,
                          model=fingerprint.model, cache_hits=hits, computed=computed,
-                         rerank=rerank)
+                         rerank=factor)
 
 
 def _embedded(records: list[Record], model: Any, current: ModelFingerprint | None,
