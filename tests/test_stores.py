@@ -114,6 +114,15 @@ def test_bad_urls_raise_clear_errors(url: str) -> None:
     assert str(info.value)
 
 
+def test_sqlite_urls_refuse_query_parameters_instead_of_ignoring_them(tmp_path: Path) -> None:
+    # SQLAlchemy's sqlite driver only warns about most of them: a diskcache
+    # option on a sqlite URL (or a misspelt one) would silently do nothing.
+    url = f"sqlite:///{tmp_path}/cache.db?size_limit=1GB"
+    with pytest.raises(InvalidURLError, match="size_limit"):
+        open_store(url)
+    assert not (tmp_path / "cache.db").exists()
+
+
 def test_diskcache_url_is_the_whole_configuration(tmp_path: Path) -> None:
     # diskcache keeps settings in its folder; an option left out of the URL
     # must mean its default, not whatever an earlier opening chose.

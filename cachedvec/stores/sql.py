@@ -94,6 +94,14 @@ def _normalise_url(url: str) -> sa.URL:
                 f"{redact_url(url)!r} names no file: use sqlite:///relative.db or "
                 "sqlite:////absolute.db (memory:// is the in-process store)"
             )
+        if parsed.query:
+            # The sqlite3 driver would ignore most of them with only a warning:
+            # a misspelt or misplaced option must not pass silently.
+            raise InvalidURLError(
+                f"{redact_url(url)!r}: SQLite store URLs take no query parameters "
+                f"(got {', '.join(sorted(parsed.query))}); pass store options to "
+                "open_store as keywords, e.g. busy_timeout=60, durable=True"
+            )
         return parsed.set(drivername="sqlite")
     if backend in ("postgresql", "postgres") and driver in ("psycopg", "postgres", "postgresql"):
         if not parsed.database:
