@@ -237,12 +237,16 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
           filter_json: str | None, rerank: int | None, as_json: bool) -> None:
     """Print the chunks that best answer TEXT.
 
+    Scores are similarities (higher is closer) for cosine and ip indexes, and
+    squared distances (lower is closer) for l2 ones.
+
     \b
     Examples:
       cachedvec query "How do I descale the kettle?"
       cachedvec query "vacation carry-over" -k 3 --json
       cachedvec query "error E3" --filter '{"topic": "kettle"}'
     """
+    from cachedvec.index import read_manifest
     from cachedvec.search import query as run
 
     try:
@@ -251,14 +255,18 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
         raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
     hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
                        filter=filter_, rerank=rerank)
+    metric = read_manifest(index).metric
     results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
                for h in hits]
+    label = "squared distance " if metric == "l2" else ""
     lines = []
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())
         snippet = snippet[:200] + ("..." if len(snippet) > 200 else "")
-        lines.append(f"{rank}. [{h.score:.3f}] {h.metadata.get('source', '')}\n   {snippet}")
-    _emit(as_json, {"query": text, "query_cached": cached, "results": results},
+        lines.append(f"{rank}. [{label}{h.score:.3f}] {h.metadata.get('source', '')}\n"
+                     f"   {snippet}")
+    _emit(as_json, {"query": text, "query_cached": cached, "metric": metric,
+                    "results": results},
           "\n".join(lines) or "no results")
 
 

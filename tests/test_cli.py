@@ -217,7 +217,7 @@ def test_query_returns_ranked_results_and_caches_the_question(ws: Workspace) -> 
         assert isinstance(hit["score"], float) and "source" in hit["metadata"]
     assert [h["score"] for h in results] == sorted((h["score"] for h in results), reverse=True)
     assert results[0]["text"] == KETTLE[1]
-    assert first["query_cached"] is False
+    assert first["query_cached"] is False and first["metric"] == "cosine"
     again = cli_json(*question)
     assert again["query_cached"] is True and again["results"] == results
 
@@ -231,6 +231,17 @@ def test_query_filter_and_text_output(ws: Workspace) -> None:
     text = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where)
     assert text.exit_code == 0 and text.stderr == ""
     assert text.stdout.startswith("1. [") and "kettle.md" in text.stdout
+
+
+@pytest.mark.model
+def test_query_says_when_scores_are_distances(ws: Workspace) -> None:
+    ws.ingest("--metric", "l2")
+    found = cli_json("query", "How do I descale the kettle?", "-k", "3", *ws.where)
+    scores = [h["score"] for h in found["results"]]
+    assert found["metric"] == "l2" and scores == sorted(scores)  # nearest first
+    assert found["results"][0]["text"] == KETTLE[1]
+    text = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where)
+    assert text.stdout.startswith("1. [squared distance ")
 
 
 # ----------------------------------------------------------------- reindex
