@@ -92,6 +92,22 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings as ``warning: ...`` lines on the current stderr."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _show_library_warnings() -> None:
+    library = logging.getLogger("cachedvec")
+    if not any(isinstance(h, _WarningLines) for h in library.handlers):
+        library.addHandler(_WarningLines())
+
+
 class _Group(click.Group):
     """Usage mistakes get the same one ``error:`` line as library errors."""
 
@@ -108,6 +124,7 @@ class _Group(click.Group):
         # a traceback.
         logging.getLogger("sqlalchemy").addHandler(logging.NullHandler())
         logging.getLogger("sqlalchemy").propagate = False
+        _show_library_warnings()
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:

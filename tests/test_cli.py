@@ -321,6 +321,22 @@ def test_missing_path(ws: Workspace) -> None:
     assert "no such file or folder" in line and "nope" in line
 
 
+def test_training_on_few_vectors_is_one_warning_line(
+    ws: Workspace, capfd: pytest.CaptureFixture[str]
+) -> None:
+    documents = ws.fake_ingest()
+    result = cli("reindex", *ws.where, "--factory", "IVF2,Flat")
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: training IVF2,Flat")
+    assert f"only {documents} vectors" in warning[0]
+    assert "WARNING clustering" not in capfd.readouterr().err  # FAISS's own lines
+    # Fewer vectors than lists: FAISS refuses, and that error is the only line.
+    refused = cli("reindex", *ws.where, "--factory", f"IVF{documents + 1},Flat")
+    assert refused.exit_code == 1 and len(refused.stderr.splitlines()) == 1
+    assert refused.stderr.startswith("error: cannot train")
+
+
 def test_binary_file_changes_nothing(ws: Workspace) -> None:
     documents = ws.fake_ingest()
     before = index_files(ws.index)

@@ -154,6 +154,40 @@ def test_only_a_bare_flat_index_takes_the_numpy_path(tmp_path: Any) -> None:
     np.testing.assert_array_equal(loaded.search(query, 5)[1], flat.search(query, 5)[1])
 
 
+@pytest.mark.parametrize("factory", ["IVF16,PQ8np", "OPQ8,IVF16,PQ8np"])
+def test_training_on_few_vectors_warns_once_and_trains_as_faiss_does(
+    factory: str, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # FAISS's k-means would print one stderr line per PQ sub-quantizer (and
+    # per OPQ step): hundreds of lines from one CLI command.
+    data = random_vectors(300)
+    ours = FaissIndex(DIM, metric="l2", factory=factory)
+    ours.train(ours.prepare(data))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "300 vectors" in warnings[0] and "624 for 16 inverted lists" in warnings[0]
+    assert "9,984 for 256 PQ centroids" in warnings[0]
+    assert "WARNING clustering" not in capfd.readouterr().err
+    # ... and the trained index is the one FAISS alone would have trained.
+    plain = faiss.index_factory(DIM, factory, faiss.METRIC_L2)
+    plain.train(data)
+    capfd.readouterr()
+
+    def state(index: faiss.Index) -> list[np.ndarray]:
+        ivf = faiss.extract_index_ivf(index)
+        arrays = [ivf.quantizer.reconstruct_n(0, ivf.nlist),
+                  faiss.vector_to_array(faiss.downcast_index(ivf).pq.centroids)]
+        top = faiss.downcast_index(index)
+        if isinstance(top, faiss.IndexPreTransform):
+            opq = faiss.downcast_VectorTransform(top.chain.at(0))
+            arrays.append(faiss.vector_to_array(opq.A))
+            assert opq.pq is None  # the quantizer lent for training is gone
+        return arrays
+
+    for got, want in zip(state(ours.faiss_index), state(plain), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_results_carry_text_metadata_and_order() -> None:
     index, data = build()
     hits = index.search(data[7], 3)

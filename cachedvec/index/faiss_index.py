@@ -30,6 +30,10 @@ matrix-vector product uses every core, and its batches synchronise OpenMP
 threads that lose badly to other processes on a shared machine, where
 numpy's BLAS threads degrade gently (bench/index_bench.py).
 
+Training on fewer vectors than k-means wants (39 per centroid) is allowed,
+as in FAISS, but reported as one warning on the ``cachedvec`` logger
+instead of FAISS's stderr line per clustering (hundreds for OPQ).
+
 Threads: FAISS's OpenMP threads make one-query searches slower (they split
 too little work, and fight other processes for the cores), so a search of a
 single query runs on one thread; batches use them all. ``omp_set_num_threads``
@@ -39,6 +43,7 @@ other.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -52,6 +57,8 @@ from cachedvec.errors import ConfigError, DimensionError, VectorIndexError
 
 Matrix = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.int64]
+
+log = logging.getLogger(__name__)
 
 METRICS: dict[str, int] = {
     "cosine": faiss.METRIC_INNER_PRODUCT,
@@ -265,7 +272,8 @@ class FaissIndex:
     def train(self, vectors: Matrix) -> None:
         """Train (IVF centroids, PQ codebooks, PCA...) on prepared vectors."""
         try:
-            self._index.train(vectors)
+            with _one_warning_for_few_training_vectors(self._index, self.factory, len(vectors)):
+                self._index.train(vectors)
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot train {self.factory!r} on {len(vectors)} vectors: {_reason(exc)}"
@@ -476,6 +484,15 @@ def _layers(index: faiss.Index) -> list[faiss.Index]:
     return layers
 
 
+def _layers_and_transforms(index: faiss.Index) -> Iterator[Any]:
+    for layer in _layers(index):
+        yield layer
+        if isinstance(layer, faiss.IndexPreTransform):
+            chain: Any = layer.chain  # a SWIG vector, not the list the stubs say
+            for i in range(chain.size()):
+                yield faiss.downcast_VectorTransform(chain.at(i))
+
+
 def _can_remove(index: faiss.Index) -> bool:
     # Ask FAISS: an empty removal raises exactly where removal is unsupported.
     try:
@@ -491,6 +508,49 @@ def _positive(name: str, value: Any) -> int:
             or not 0 < value < 2**31):
         raise ConfigError(f"{name} must be a positive integer below 2**31, got {value!r}")
     return int(value)
+
+
+@contextmanager
+def _one_warning_for_few_training_vectors(index: faiss.Index, factory: str,
+                                          n: int) -> Iterator[None]:
+    """Say once, through logging, what FAISS's k-means prints once per clustering.
+
+    With fewer than ``min_points_per_centroid`` training vectors per
+    centroid, FAISS writes a warning straight to stderr for every k-means
+    run and trains anyway: one line per PQ sub-quantizer (48 for PQ48), and
+    for OPQ that again for each of its 50 rotation steps. The parameter does
+    nothing else, so lowering it silences FAISS without changing the result
+    (an OPQ rotation gets its own quantizer, with the settings FAISS's
+    default one would have, lent for the training only).
+    """
+    lent: list[tuple[Any, faiss.ProductQuantizer]] = []
+    try:
+        clusterings: list[tuple[str, Any, int]] = []
+        for layer in _layers_and_transforms(index):
+            if isinstance(layer, faiss.OPQMatrix) and layer.pq is None:
+                lent.append((layer, faiss.ProductQuantizer(layer.d_out, layer.M, 8)))
+                layer.pq = lent[-1][1]
+            pq = layer.pq if isinstance(layer, faiss.OPQMatrix) else getattr(layer, "pq", None)
+            if isinstance(pq, faiss.ProductQuantizer):
+                clusterings.append(("PQ centroids per sub-vector", pq.cp, int(pq.ksub)))
+            if isinstance(layer, faiss.IndexIVF):
+                clusterings.append(("inverted lists", layer.cp, int(layer.nlist)))
+        short = {}
+        for what, params, centroids in clusterings:
+            wanted = centroids * params.min_points_per_centroid
+            if n < wanted:
+                short[f"{centroids:,} {what}"] = wanted
+            params.min_points_per_centroid = 1
+        # Fewer vectors than centroids is an error from FAISS, reported on its own.
+        if short and all(n >= centroids for _, _, centroids in clusterings):
+            log.warning("training %s on only %s vectors: k-means wants %s; search recall "
+                        "may suffer (train on more vectors, or ask for fewer lists or "
+                        "centroids)", factory, f"{n:,}",
+                        ", ".join(f"{wanted:,} for {what}" for what, wanted in short.items()))
+        yield
+    finally:
+        for opq, _ in lent:
+            opq.pq = None  # FAISS's own default; the lent quantizer dies with ``lent``
 
 
 def _reason(exc: BaseException) -> str:
