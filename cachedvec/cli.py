@@ -308,7 +308,7 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
 @click.option("--train-size", type=int, default=None,
               help="Cached vectors sampled to train IVF/PQ (default 65536, or 40 per IVF list).")
 @click.option("--nprobe", type=int, default=None,
-              help="IVF lists searched per query (default: 1/16 of them, at least 8).")
+              help="IVF lists searched per query (default: 1/16 of them, at least 32).")
 @click.option("--rerank", type=int, default=None,
               help="Candidates per result that searches re-score exactly with the vectors "
                    "in the cache (default: 4 for PQ factories, else off).")

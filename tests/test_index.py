@@ -249,7 +249,9 @@ def test_ef_search_and_nprobe_are_settable_and_validated() -> None:
     hnsw.ef_search = 20
     assert hnsw.ef_search == 20 and hnsw.nprobe is None
     ivf = VectorIndex(DIM, factory="IVF64,Flat")
-    assert ivf.nprobe == 8
+    assert ivf.nprobe == 32
+    assert VectorIndex(DIM, factory="IVF16,Flat").nprobe == 16  # never more than the lists
+    assert VectorIndex(DIM, factory="IVF1024,Flat").nprobe == 64
     ivf.nprobe = 1000
     assert ivf.nprobe == 64  # capped at the number of lists
     with pytest.raises(ConfigError):

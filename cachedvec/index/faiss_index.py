@@ -78,8 +78,14 @@ _FAISS_MESSAGE = re.compile(r" at \S+:\d+: (?:Error: )?(.*)$")
 
 
 def default_nprobe(nlist: int) -> int:
-    """Probe 1/16 of the lists, at least 8 (or all of them if fewer)."""
-    return min(nlist, max(8, nlist // 16))
+    """Probe 1/16 of the lists, at least 32 (or all of them if fewer).
+
+    Recall follows the number of lists probed more than their share: on the
+    synthetic embeddings of bench/scale_bench.py, 32 probes gave 10-recall@10
+    0.94-0.95 with 128 and with 256 lists (8 gave 0.72-0.75, 16 0.86), and
+    64 of 1,024 lists gave 0.975 at 1M vectors.
+    """
+    return min(nlist, max(32, nlist // 16))
 
 
 def check_metric(metric: str) -> str:
