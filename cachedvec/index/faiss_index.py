@@ -536,7 +536,7 @@ def _one_warning_for_few_training_vectors(index: faiss.Index, factory: str,
             if isinstance(layer, faiss.OPQMatrix) and layer.pq is None:
                 lent.append((layer, faiss.ProductQuantizer(layer.d_out, layer.M, 8)))
                 layer.pq = lent[-1][1]
-            pq = layer.pq if isinstance(layer, faiss.OPQMatrix) else getattr(layer, "pq", None)
+            pq = getattr(layer, "pq", None)
             if isinstance(pq, faiss.ProductQuantizer):
                 clusterings.append(("PQ centroids per sub-vector", pq.cp, int(pq.ksub)))
             if isinstance(layer, faiss.IndexIVF):
