@@ -55,6 +55,26 @@ def test_odd_keys_round_trip(any_store: CachedVecStore) -> None:
     assert sorted(any_store.yield_keys()) == sorted(keys)
 
 
+@pytest.mark.parametrize("kind", PERSISTENT_KINDS)
+def test_a_key_that_is_not_valid_unicode_is_refused_and_writes_nothing(
+    kind: str, make_store_url: MakeURL
+) -> None:
+    # A lone surrogate: a valid Python str that no file name or database
+    # text can hold. It sorts last, so on PostgreSQL it falls in the third
+    # of three statements, which must take the first two back with it.
+    bad = "z\ud800"
+    pairs = [(f"k{i:05d}", b"v") for i in range(5_000)] + [(bad, b"v")]
+    with open_store(make_store_url(kind)) as store:
+        for attempt in (lambda: store.mset(pairs), lambda: store.mget([bad])):
+            with pytest.raises(InvalidKeyError, match="not valid Unicode"):
+                attempt()
+        assert list(store.yield_keys()) == []
+        store.mset([("k00000", b"v")])
+        with pytest.raises(InvalidKeyError):
+            store.mdelete(["k00000", bad])
+        assert store.mget(["k00000"]) == [b"v"]
+
+
 def test_large_batches(any_store: CachedVecStore) -> None:
     pairs = [(f"key-{i}", i.to_bytes(4, "little")) for i in range(3000)]
     any_store.mset(pairs)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import diskcache
 
-from cachedvec.errors import InvalidURLError, StoreError
+from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
 from cachedvec.stores.base import CachedVecStore
 
 EVICTION_POLICIES = (
@@ -110,21 +111,33 @@ class DiskCacheStore(CachedVecStore):
         except Exception as exc:  # sqlite3/OS errors surface in many shapes here
             raise StoreError(f"cannot open diskcache store {self.url}: {exc}") from exc
 
+    @contextmanager
+    def _valid_keys(self, action: str) -> Iterator[None]:
+        # A Python str may hold lone surrogates, which diskcache's SQLite
+        # index cannot; sqlite3 finds out while encoding, before any write.
+        try:
+            yield
+        except UnicodeEncodeError as exc:
+            raise InvalidKeyError(
+                f"cannot {action} {self.url}: key {exc.object!r:.80} is not valid Unicode"
+            ) from exc
+
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         out: list[bytes | None] = []
         get = self.cache.get
-        for key in keys:
-            try:
-                value = get(key, default=None, retry=True)
-            except _Refused:
-                value = None
-            out.append(value if isinstance(value, bytes) else None)
+        with self._valid_keys("read from"):
+            for key in keys:
+                try:
+                    value = get(key, default=None, retry=True)
+                except _Refused:
+                    value = None
+                out.append(value if isinstance(value, bytes) else None)
         return out
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         try:
             # One transaction per batch: one commit instead of one per key.
-            with self.cache.transact(retry=True):
+            with self._valid_keys("write to"), self.cache.transact(retry=True):
                 for key, value in key_value_pairs:
                     if not isinstance(value, bytes):
                         raise StoreError(f"values must be bytes, got {type(value).__name__}")
@@ -135,7 +148,7 @@ class DiskCacheStore(CachedVecStore):
             raise StoreError(f"cannot write to {self.url}: {exc}") from exc
 
     def mdelete(self, keys: Sequence[str]) -> None:
-        with self.cache.transact(retry=True):
+        with self._valid_keys("delete from"), self.cache.transact(retry=True):
             for key in keys:
                 self.cache.delete(key, retry=True)
 

@@ -95,10 +95,15 @@ class FileStore(CachedVecStore):
         return out
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        # Every pair is checked before the first file is written: a bad key
+        # or value anywhere in a batch writes nothing.
+        writes = []
         for key, value in key_value_pairs:
             if not isinstance(value, (bytes, bytearray, memoryview)):
                 raise StoreError(f"file store values must be bytes, got {type(value).__name__}")
-            self._write(self._path(key), bytes(value))
+            writes.append((self._path(key), bytes(value)))
+        for path, value in writes:
+            self._write(path, value)
 
     def _write(self, path: str, value: bytes) -> None:
         tmp = None
@@ -126,9 +131,9 @@ class FileStore(CachedVecStore):
                     pass
 
     def mdelete(self, keys: Sequence[str]) -> None:
-        for key in keys:
+        for path in [self._path(key) for key in keys]:  # a bad key deletes nothing
             try:
-                os.unlink(self._path(key))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:

@@ -467,6 +467,13 @@ class SQLStore(CachedVecStore):
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         return StoreError(f"cannot {action} store {self.url}: {reason}")
 
+    def _bad_key_error(self, action: str, exc: UnicodeEncodeError) -> InvalidKeyError:
+        # A Python str may hold lone surrogates, which no database text can;
+        # the drivers find out while encoding, before anything is written.
+        return InvalidKeyError(
+            f"cannot {action} store {self.url}: key {exc.object!r:.80} is not valid Unicode"
+        )
+
     def _checkout(self) -> Any:
         """A pooled connection: the store's own one unless another thread holds it.
 
@@ -522,6 +529,8 @@ class SQLStore(CachedVecStore):
             broken = False
             try:
                 return work(fairy.driver_connection)
+            except UnicodeEncodeError as exc:
+                raise self._bad_key_error(action, exc) from exc
             except self._driver_errors as exc:
                 broken = self.dialect == "postgresql" and fairy.driver_connection.broken
                 if not broken or attempt:
@@ -557,6 +566,8 @@ class SQLStore(CachedVecStore):
                     raise self._store_error("write to", exc) from exc
             except sqlite3.Error as exc:
                 raise self._store_error("write to", exc) from exc
+            except UnicodeEncodeError as exc:
+                raise self._bad_key_error("write to", exc) from exc
             finally:
                 self._checkin(fairy)
             time.sleep(delay * (1 + random.random()))
@@ -824,6 +835,8 @@ class SQLStore(CachedVecStore):
             try:
                 fairy = await conn.get_raw_connection()
                 return await work(fairy.driver_connection)
+            except UnicodeEncodeError as exc:
+                raise self._bad_key_error(action, exc) from exc
             except self._driver_errors as exc:
                 broken = fairy.driver_connection.broken
                 if broken:
