@@ -78,6 +78,12 @@ _RAY_CLIENT_PORT = 10001
 # -- checks before work starts -------------------------------------------------------
 
 
+def _check_count(name: str, value: Any) -> None:
+    """A count of workers or texts: a positive int (not a bool, which is an int to Python)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -92,6 +98,7 @@ def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bo
     Returns True when this call connected (the caller then shuts Ray down),
     False when Ray was already initialised in this process.
     """
+    _check_count("workers", workers)
     ray = _ray()
     if address not in (None, "auto", "local"):
         _check_reachable(address)
@@ -258,9 +265,8 @@ def embed_dataset(
     that dies is restarted and its batch retried up to ``retries`` times.
     Call :func:`connect` first (or ``ray.init``); the store is checked here.
     """
-    for name, value in (("workers", workers), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    _check_count("workers", workers)
+    _check_count("batch_size", batch_size)
     _check_model_spec(model)
     store = shared_store_url(store)
     open_store(store).close()  # a wrong password or missing schema fails here, not in a worker
@@ -405,6 +411,10 @@ def ingest(
     from cachedvec.ingestion import ingest as ingest_locally
 
     started = time.perf_counter()
+    # Here, not only in embed_dataset: Ray meets the count only when some text needs
+    # embedding, so a bad one passed unnoticed on other runs or failed mid-job.
+    _check_count("workers", workers)
+    _check_count("batch_size", batch_size)
     _check_model_spec(model)
     refuse_private_store(store)  # before connecting: the cheapest mistake to catch
     owns_ray = connect(address, workers=workers)

@@ -196,6 +196,16 @@ def test_bad_setups_fail_before_any_work(
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
+@pytest.mark.parametrize("workers", [0, -1, -2, 1.5, "2", True])
+def test_a_bad_worker_count_is_refused_before_any_work(tmp_path: Path, workers: Any) -> None:
+    # New text to embed: Ray itself would take -1 and choke on -2 with a traceback.
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+        distributed.ingest([corpus], index=tmp_path / "index", store=f"sqlite:///{tmp_path}/c.db",
+                           model=fake_model("bad"), workers=workers)
+    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
+
+
 def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     runner = CliRunner()
@@ -209,3 +219,7 @@ def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     assert private.exit_code == 1 and "inside one process" in private.output
     local = runner.invoke(main, ["ingest", str(corpus), *at, "--workers", "3"])
     assert local.exit_code == 1 and "--engine ray" in local.output
+    negative = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
+                                    "--workers", "-2"])
+    assert negative.exit_code == 1
+    assert negative.output == "error: workers must be a positive integer, got -2\n"
