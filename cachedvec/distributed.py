@@ -27,7 +27,8 @@ are therefore those of the single-process path.
 Failure handling. Everything is checked before any work starts: a
 ``memory://`` store (each worker would get an empty cache of its own) is
 refused, and so are local file, SQLite and diskcache stores when the cluster
-has several nodes; an address that does not answer is a
+has several nodes, a worker count that is not a positive integer, and a
+factory or metric other than the existing index's; an address that does not answer is a
 :class:`ClusterError` within seconds instead of Ray's long wait. A worker
 that dies mid-batch is restarted and its task retried by Ray (``retries``
 times). Nothing is lost: vectors are written to the cache batch by batch,
@@ -54,7 +55,13 @@ from langchain_core.embeddings import Embeddings
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import CachedVecError, ClusterError, ConfigError, MissingVectorsError
 from cachedvec.index import VectorIndex
-from cachedvec.ingestion import IngestReport, _identified, _version, load_records
+from cachedvec.ingestion import (
+    IngestReport,
+    _identified,
+    _version,
+    check_index_type,
+    load_records,
+)
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, prepare_store_url
 from cachedvec.models import EmbeddingModel, as_model
 from cachedvec.sources import Chunker, Source, find_files, read_source
@@ -398,7 +405,7 @@ def ingest(
     text_field: str = "text",
     cleanup: str = "incremental",
     factory: str | None = None,
-    metric: str = "cosine",
+    metric: str | None = None,
     batch_size: int = 64,
     show_progress: bool | None = None,
 ) -> IngestReport:
@@ -417,6 +424,7 @@ def ingest(
     _check_count("batch_size", batch_size)
     _check_model_spec(model)
     refuse_private_store(store)  # before connecting: the cheapest mistake to catch
+    check_index_type(Path(index), factory, metric)  # not after the cluster embedded
     owns_ray = connect(address, workers=workers)
     try:
         shared = shared_store_url(store)

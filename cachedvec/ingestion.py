@@ -36,7 +36,8 @@ import numpy as np
 
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import ConfigError, IndexCorruptError
-from cachedvec.index import VectorIndex
+from cachedvec.index import VectorIndex, read_manifest
+from cachedvec.index.faiss_index import check_metric
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
@@ -126,6 +127,30 @@ def _write_records(index_dir: Path, records: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def check_index_type(index_dir: Path, factory: str | None, metric: str | None) -> None:
+    """Refuse a factory or metric asked for that the existing index at ``index_dir`` lacks.
+
+    Ingest only adds to an index as it is: keeping the old type silently would
+    leave the caller with another index than the one asked for, and changing
+    it means rebuilding every vector, which is :func:`cachedvec.reindex`'s job.
+    """
+    if metric is not None:
+        check_metric(metric)  # a typo fails now, not after the model calls
+    if not (index_dir / "manifest.json").exists():
+        return
+    manifest = read_manifest(index_dir)
+    differences, options = [], ""
+    if factory and factory != manifest.factory:
+        differences.append(f"is {manifest.factory!r}, not {factory!r}")
+        options += f" --factory '{factory}'"
+    if metric and metric != manifest.metric:
+        differences.append(f"uses the {manifest.metric!r} metric, not {metric!r}")
+        options += f" --metric {metric}"
+    if differences:
+        raise ConfigError(f"index {index_dir} {' and '.join(differences)}: change its type "
+                          f"with: cachedvec reindex --index {index_dir}{options}")
+
+
 def _under(source: str, roots: Sequence[Path]) -> bool:
     return any(source == str(r) or source.startswith(str(r) + os.sep) for r in roots)
 
@@ -141,15 +166,17 @@ def ingest(
     text_field: str = "text",
     cleanup: str = "incremental",
     factory: str | None = None,
-    metric: str = "cosine",
+    metric: str | None = None,
     batch_size: int = 64,
     show_progress: bool | None = None,
 ) -> IngestReport:
     """Bring the index at ``index`` in line with the files under ``paths``.
 
-    Creates the index (``factory``, default ``"Flat"``, and ``metric``) on
-    first use; an existing index keeps its type (change it with
-    :func:`cachedvec.reindex`, which needs no model call). Raises
+    Creates the index (``factory``, default ``"Flat"``, and ``metric``,
+    default ``"cosine"``) on first use; an existing index keeps its type, and
+    a ``factory`` or ``metric`` other than its own is a :class:`ConfigError`
+    (change the type with :func:`cachedvec.reindex`, which needs no model
+    call). Raises
     :class:`SourceError` for unreadable, binary or non-UTF-8 files before
     changing anything, and :class:`IndexMismatchError` when the index was
     built with another model (switch models with :func:`cachedvec.reindex`).
@@ -161,6 +188,7 @@ def ingest(
         raise ConfigError("give at least one file or folder to ingest")
     chunker = Chunker(chunk_size, chunk_overlap, text_field)
     index_dir = Path(index)
+    check_index_type(index_dir, factory, metric)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
     sources = [read_source(f) for f in progress(files, desc="reading", unit="file",
@@ -169,18 +197,12 @@ def ingest(
     with CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb:
         vindex = (VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
                   if (index_dir / "manifest.json").exists() else None)
-        if vindex is not None and factory and factory != vindex.factory:
-            vindex.close()
-            raise ConfigError(
-                f"index {index_dir} is {vindex.factory!r}, not {factory!r}: change its type "
-                f"with: cachedvec reindex --index {index_dir} --factory '{factory}'"
-            )
         records = load_records(index_dir)
         before = dict(records)
         report = IngestReport(index=str(index_dir), model=emb.fingerprint.model)
         try:
             changed = _apply(sources, roots, chunker, emb, vindex, records, report, cleanup,
-                             factory or "Flat", metric, show_progress)
+                             factory or "Flat", metric or "cosine", show_progress)
             if changed is not None:
                 vindex = changed
                 vindex.save(index_dir)

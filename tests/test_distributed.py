@@ -206,6 +206,21 @@ def test_a_bad_worker_count_is_refused_before_any_work(tmp_path: Path, workers: 
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
+def test_another_metric_is_refused_before_the_cluster_embeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    store = f"sqlite:///{tmp_path}/c.db"
+    cachedvec.ingest([corpus], index=tmp_path / "index", store=store,
+                     model=FakeEmbeddings(DIM, name="metric"), **CHUNKING)
+    cached = stored_keys(store)
+    (corpus / "new.md").write_text("Text that no run embedded yet.")
+    monkeypatch.setattr(distributed, "connect", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(ConfigError, match="'cosine' metric, not 'l2'.*--metric l2$"):
+        distributed.ingest([corpus], index=tmp_path / "index", store=store,
+                           model=fake_model("metric"), metric="l2", **CHUNKING)
+    assert stored_keys(store) == cached
+
+
 def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     runner = CliRunner()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,37 @@ def test_an_index_from_another_model_is_refused(corpus: Path, setup: dict) -> No
     cachedvec.ingest([corpus], **setup)
     with pytest.raises(IndexMismatchError):
         cachedvec.ingest([corpus], **{**setup, "model": FakeEmbeddings(32, name="other")})
+
+
+def test_another_metric_on_an_existing_index_is_refused_with_a_reindex_hint(
+        corpus: Path, setup: dict) -> None:
+    cachedvec.ingest([corpus], **setup)  # no metric: a new index is cosine
+    manifest = (Path(setup["index"]) / "manifest.json").read_bytes()
+    calls = setup["model"].calls
+    (corpus / "new.md").write_text("Text that no run embedded yet.")
+    with pytest.raises(ConfigError, match=r"'cosine' metric, not 'l2'.*"
+                       rf"cachedvec reindex --index {re.escape(setup['index'])} --metric l2$"):
+        cachedvec.ingest([corpus], **setup, metric="l2")
+    with pytest.raises(ConfigError, match=r"is 'Flat', not 'HNSW32' and uses the 'cosine' "
+                                          r"metric, not 'ip'.*--factory 'HNSW32' --metric ip$"):
+        cachedvec.ingest([corpus], **setup, factory="HNSW32", metric="ip")
+    assert (Path(setup["index"]) / "manifest.json").read_bytes() == manifest
+    assert setup["model"].calls == calls
+    assert cachedvec.ingest([corpus], **setup, metric="cosine").sources.added == 1
+
+    # Following the hint switches the metric; from then on no metric keeps l2.
+    cachedvec.reindex(setup["index"], metric="l2", store=setup["store"])
+    (corpus / "newer.md").write_text("Another text that no run embedded yet.")
+    assert cachedvec.ingest([corpus], **setup).sources.added == 1
+    assert cachedvec.ingest([corpus], **setup, metric="l2").sources.skipped == 6
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert vindex.metric == "l2"
+
+
+def test_an_unknown_metric_is_refused_before_any_model_call(corpus: Path, setup: dict) -> None:
+    with pytest.raises(ConfigError, match="unknown metric 'hamming'"):
+        cachedvec.ingest([corpus], **setup, metric="hamming")
+    assert setup["model"].calls == 0 and not Path(setup["index"]).exists()
 
 
 @pytest.mark.parametrize("factory", ["HNSW32", "IVF4,Flat", "PCA4,Flat"])
