@@ -177,7 +177,8 @@ def reindex(
     index_dir = Path(index)
     if rerank is not False:
         check_rerank(rerank)  # refuse a bad factor before any work
-    for name, value in (("batch_size", batch_size), ("train_size", train_size)):
+    for name, value in (("batch_size", batch_size), ("train_size", train_size),
+                        ("nprobe", nprobe)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")

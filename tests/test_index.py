@@ -260,6 +260,15 @@ def test_ef_search_and_nprobe_are_settable_and_validated() -> None:
         VectorIndex(DIM, factory="HNSW16", nprobe=10)
     with pytest.raises(ConfigError):
         hnsw.ef_search = 0
+    # 0 is refused, not taken for "the default" (only None is).
+    for settings in ({"factory": "IVF16,Flat", "nprobe": 0}, {"factory": "HNSW16", "ef_search": 0}):
+        with pytest.raises(ConfigError, match="positive integer"):
+            VectorIndex(DIM, **settings)  # type: ignore[arg-type]
+    ivf.add(random_vectors(200), [f"t{i}" for i in range(200)])
+    with pytest.raises(ConfigError, match="nprobe"):
+        ivf.rebuild(nprobe=0)
+    ivf.rebuild()  # the same factory keeps its settings
+    assert ivf.nprobe == 64
 
 
 # -- add, upsert, delete --------------------------------------------------------------

@@ -148,6 +148,19 @@ def test_bad_streaming_options_are_refused(cached_index: dict) -> None:
         cachedvec.reindex(cached_index["index"], layout="sharded", **where)
     with pytest.raises(ConfigError, match="batch_size"):
         cachedvec.reindex(cached_index["index"], batch_size=0, **where)
+    # nprobe 0 is refused like -3, not replaced by the default nprobe; with a
+    # model too (that path builds its index only after embedding).
+    for nprobe in (0, -3):
+        with pytest.raises(ConfigError, match="nprobe must be a positive integer"):
+            cachedvec.reindex(cached_index["index"], factory="IVF16,Flat", nprobe=nprobe,
+                              **where)
+        with pytest.raises(ConfigError, match="nprobe must be a positive integer"):
+            cachedvec.reindex(cached_index["index"], factory="IVF16,Flat", nprobe=nprobe,
+                              compute_missing=True, **where)
+    result = CliRunner().invoke(main, ["reindex", "--index", cached_index["index"], "--store",
+                                       cached_index["store"], "--factory", "IVF16,Flat",
+                                       "--nprobe", "0"])
+    assert result.exit_code != 0 and "nprobe must be a positive integer" in result.output
     with pytest.raises(ConfigError, match="on-disk"):
         cachedvec.reindex(cached_index["index"], layout="ondisk", compute_missing=True, **where)
 

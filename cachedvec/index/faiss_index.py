@@ -188,10 +188,11 @@ class FaissIndex:
             raise ConfigError(f"ef_search applies to HNSW indexes, not {factory!r}")
         if nprobe is not None and self._ivf is None:
             raise ConfigError(f"nprobe applies to IVF indexes, not {factory!r}")
+        # Only None means "the default": 0 is refused like any other bad value.
         if self._hnsw is not None:
-            self.ef_search = _positive("ef_search", ef_search or DEFAULT_EF_SEARCH)
+            self.ef_search = DEFAULT_EF_SEARCH if ef_search is None else ef_search
         if self._ivf is not None:
-            self.nprobe = _positive("nprobe", nprobe or default_nprobe(self._ivf.nlist))
+            self.nprobe = default_nprobe(self._ivf.nlist) if nprobe is None else nprobe
         # Inverted lists memory-mapped from a lists file (an on-disk build,
         # see builder.py) are for serving: a write would change the committed
         # file in place, and FAISS aborts the process on a read-only one.

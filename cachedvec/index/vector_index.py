@@ -274,8 +274,8 @@ class VectorIndex:
         """
         if factory is None or factory == self.factory:
             factory = self.factory
-            ef_search = ef_search or self.ef_search
-            nprobe = nprobe or self.nprobe
+            ef_search = self.ef_search if ef_search is None else ef_search
+            nprobe = self.nprobe if nprobe is None else nprobe
         with self._lock.write():
             vector_ids = self._docs.vector_ids()
             fresh = FaissIndex(
