@@ -249,11 +249,27 @@ def test_namespace_stats_group_by_key_prefix(store: SQLStore) -> None:
 @pytest.mark.parametrize(
     "url",
     ["sqlite://", "sqlite:///:memory:", "mysql://u@h/db", "postgresql+asyncpg://u@h/db",
-     "postgresql://u@h"],
+     "postgresql://u@h", "postgresql+psycopg2://u@h/db", "postgresql://u:pw@h:abc/db",
+     "sqlitex:///x.db"],
 )  # fmt: skip
 def test_unsupported_sql_urls_are_rejected(url: str) -> None:
-    with pytest.raises(InvalidURLError):
+    with pytest.raises(InvalidURLError) as caught:
         SQLStore(url)
+    assert "pw" not in str(caught.value)
+
+
+def test_scheme_spellings_and_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Upper-case schemes and the short "postgres" name parse as SQLAlchemy's
+    # own spellings would; "~" is the home folder, as in file:// URLs.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with SQLStore("SQLITE:///~/cache.db") as store:
+        store.mset([("k", b"v")])
+    assert (tmp_path / "cache.db").is_file()
+    with SQLStore("sqlite+pysqlite:///~/cache.db") as store:
+        assert store.mget(["k"]) == [b"v"]
+    with pytest.raises(StoreError, match="connection") as caught:
+        SQLStore("postgres://u:pw@127.0.0.1:1/db")
+    assert "pw" not in str(caught.value) and not isinstance(caught.value, InvalidURLError)
 
 
 def test_open_store_opens_sqlite(tmp_path: Path) -> None:

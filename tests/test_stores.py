@@ -13,7 +13,7 @@ from cachedvec import open_store
 from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import CachedVecStore
-from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
+from tests.conftest import PERSISTENT_KINDS, STORE_KINDS, store_url as make_local_url
 
 MakeURL = Callable[[str], str]
 
@@ -96,6 +96,16 @@ def test_persistent_stores_survive_reopening(kind: str, make_store_url: MakeURL)
         store.mset([("a", b"1")])
     with open_store(url) as store:
         assert store.mget(["a"]) == [b"1"]
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite", "diskcache"])
+def test_create_false_refuses_a_store_that_does_not_exist(kind: str, tmp_path: Path) -> None:
+    url = make_local_url(kind, tmp_path / "typo" / "nested")
+    with pytest.raises(StoreError, match="no cache has been written there"):
+        open_store(url, create=False)
+    assert not (tmp_path / "typo").exists()
+    open_store(url).close()  # created on purpose...
+    open_store(url, create=False).close()  # ...then it opens
 
 
 def test_file_store_keys_cannot_escape_root(tmp_path: Path) -> None:

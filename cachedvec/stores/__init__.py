@@ -51,10 +51,12 @@ def _local_path(url: str, scheme: str) -> str:
 def open_store(url: str, **options: Any) -> CachedVecStore:
     """Open the byte store a URL names; see the module docs for the schemes.
 
-    Keyword options go to the store's constructor (for example
-    ``create=False`` for SQL stores). Raises :class:`InvalidURLError` for an
-    unknown scheme or malformed URL and :class:`StoreError` when the store
-    cannot be opened; both name the URL with any password hidden.
+    Keyword options go to the store's constructor; ``create=False``, which
+    every persistent store takes, refuses a store that does not exist yet
+    instead of starting an empty one (memory stores ignore it). Raises
+    :class:`InvalidURLError` for an unknown scheme or malformed URL and
+    :class:`StoreError` when the store cannot be opened; both name the URL
+    with any password hidden.
     """
     if not isinstance(url, str):
         raise InvalidURLError(f"a store URL must be a string, got {type(url).__name__}")
@@ -87,7 +89,7 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
     if family == "diskcache":
         from cachedvec.stores.diskcache import DiskCacheStore
 
-        query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        query: dict[str, Any] = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         unknown = sorted(set(query) - set(DiskCacheStore.URL_OPTIONS))
         if unknown:
             raise InvalidURLError(

@@ -70,7 +70,10 @@ def parse_size(text: str | int | float) -> int:
 
 
 class DiskCacheStore(CachedVecStore):
-    """A byte store backed by ``diskcache.Cache`` (SQLite index + files)."""
+    """A byte store backed by ``diskcache.Cache`` (SQLite index + files).
+
+    ``create=False`` refuses a folder that does not exist instead of making it.
+    """
 
     URL_OPTIONS = ("size_limit", "eviction_policy", "cull_limit")
 
@@ -81,8 +84,14 @@ class DiskCacheStore(CachedVecStore):
         size_limit: str | int | float = DEFAULT_SIZE_LIMIT,
         eviction_policy: str = "least-recently-stored",
         cull_limit: str | int | None = None,
+        create: bool = True,
     ) -> None:
         self.url = f"diskcache://{directory}"
+        if not create and not os.path.isdir(os.path.expanduser(directory)):
+            raise StoreError(
+                f"cannot open diskcache store {self.url}: no such folder (no cache has been "
+                "written there)"
+            )
         settings: dict[str, Any] = {
             # Keep every vector inside SQLite: no value files to manage.
             "disk_min_file_size": 2**20,

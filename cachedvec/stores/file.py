@@ -60,14 +60,25 @@ def _escape(key: str) -> str:
 
 
 class FileStore(CachedVecStore):
-    """A byte store on a local folder (see the module docs for the layout)."""
+    """A byte store on a local folder (see the module docs for the layout).
 
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = False) -> None:
+    ``durable=True`` fsyncs every value; ``create=False`` refuses a folder
+    that does not exist instead of making it.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, durable: bool = False, create: bool = True
+    ) -> None:
         self.root = Path(root).expanduser()
         self.url = f"file://{self.root}"
         self.durable = durable
         self._root = str(self.root)
         self._shards_made: set[str] = set()  # saves a mkdir call per write
+        if not create and not self.root.is_dir():
+            raise StoreError(
+                f"cannot open file store {self.url}: no such folder (no cache has been "
+                "written there)"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

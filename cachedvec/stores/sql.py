@@ -87,10 +87,13 @@ def _normalise_url(url: str) -> sa.URL:
     """Parse a store URL into the SQLAlchemy URL of a supported driver."""
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
         raise InvalidURLError(f"malformed SQL store URL {redact_url(url)!r}: {exc}") from exc
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend == "sqlite" and driver in ("pysqlite", "sqlite"):
+    # Read the scheme ourselves: SQLAlchemy's get_driver_name() imports the
+    # dialect, and an unknown one ("postgres", "SQLITE") fails with an
+    # ImportError-like message instead of a URL error.
+    backend, _, driver = parsed.drivername.lower().partition("+")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
         if not parsed.database or parsed.database == ":memory:":
             raise InvalidURLError(
                 f"{redact_url(url)!r} names no file: use sqlite:///relative.db or "
@@ -104,8 +107,9 @@ def _normalise_url(url: str) -> sa.URL:
                 f"(got {', '.join(sorted(parsed.query))}); pass store options to "
                 "open_store as keywords, e.g. busy_timeout=60, durable=True"
             )
-        return parsed.set(drivername="sqlite")
-    if backend in ("postgresql", "postgres") and driver in ("psycopg", "postgres", "postgresql"):
+        # "~" as in file:// and diskcache:// URLs (sqlite3 would make a folder named "~").
+        return parsed.set(drivername="sqlite", database=os.path.expanduser(parsed.database))
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
         if not parsed.database:
             raise InvalidURLError(f"{redact_url(url)!r} names no database")
         return parsed.set(drivername="postgresql+psycopg")
@@ -408,7 +412,7 @@ class SQLStore(CachedVecStore):
         if not create:
             raise StoreError(
                 f"cannot open store {self.url}: {path} does not exist "
-                "(open it with create=True to start a new cache)"
+                "(no cache has been written there)"
             )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
