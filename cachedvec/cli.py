@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cachedvec.errors import CachedVecError, ConfigError
+from cachedvec.errors import CachedVecError, ConfigError, IndexCorruptError
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, read_history
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -357,7 +357,7 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
 @main.command()
 @store_option
 @click.option("--index", "indexes", multiple=True, type=click.Path(file_okay=False),
-              help="Index folder(s) to describe too.")
+              help=f"Index folder(s) to describe too (default: {DEFAULT_INDEX}, if it exists).")
 @json_option
 @handle_errors
 def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
@@ -372,9 +372,11 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
     from cachedvec.index import read_manifest
     from cachedvec.stores import open_store, redact_url
 
+    if not indexes and (Path(DEFAULT_INDEX) / "manifest.json").exists():
+        indexes = (DEFAULT_INDEX,)
     payload: dict[str, Any] = {"store": redact_url(store), "namespaces": [], "indexes": []}
     lines = [f"cache {redact_url(store)}"]
-    with open_store(store) as opened:
+    with open_store(store, create=False) as opened:
         for ns, st in opened.namespace_stats().items():
             parts = ns.split(":")
             model = parts[1] if len(parts) >= 4 else ns
@@ -386,6 +388,7 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
             lines.append(f"  {ns:<60} dim {dim}  {st.entries:>9,} entries  {st.bytes:>13,} B")
     for folder in indexes:
         manifest = read_manifest(folder)
+        _check_file_sizes(Path(folder), manifest.files)
         runs = [r for r in read_history(folder) if r.get("job") in ("ingest", "query")]
         hits = sum(int(r.get("cache_hits", 0)) for r in runs)
         computed = sum(int(r.get("computed", 0)) for r in runs)
@@ -401,6 +404,25 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
                      f"{info['bytes']:,} B; hit rate over {len(runs)} runs: "
                      + ("n/a" if rate is None else f"{rate:.1%}"))
     _emit(as_json, payload, "\n".join(lines))
+
+
+def _check_file_sizes(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    """A cheap health check for ``stats``: the data files the manifest lists, at their size.
+
+    Loading an index also verifies their checksums; describing one should
+    not read gigabytes, but must not call a truncated or missing file healthy.
+    """
+    for entry in files.values():
+        path = folder / str(entry.get("name"))
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise IndexCorruptError(f"{path}: {exc.strerror or exc}") from exc
+        if size != entry.get("bytes"):
+            raise IndexCorruptError(
+                f"{path} has {size:,} bytes, its manifest says {entry.get('bytes'):,}: "
+                "the index is damaged"
+            )
 
 
 def _parse_duration(text: str | None) -> float | None:
@@ -441,7 +463,7 @@ def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run:
     for folder in indexes:
         with VectorIndex.load(folder) as vindex:
             keep.update(r.cache_key for r in vindex.records() if r.cache_key)
-    with open_store(store) as opened:
+    with open_store(store, create=False) as opened:
         dropped = opened.prune(age or 0.0, keep=keep, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     _emit(as_json, {"store": redact_url(store), "pruned": dropped, "kept": len(keep),
@@ -451,7 +473,9 @@ def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run:
 
 @main.command()
 @click.option("--store", required=True, help="SQL cache URL (sqlite:///..., postgresql+psycopg://...).")
-@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+@click.option("--revision", default="head", show_default=True,
+              help="Target Alembic revision; an older one (or 'base', which drops "
+                   "cachedvec's tables) downgrades.")
 @json_option
 @handle_errors
 def migrate(store: str, revision: str, as_json: bool) -> None:
@@ -460,6 +484,7 @@ def migrate(store: str, revision: str, as_json: bool) -> None:
     \b
     Examples:
       cachedvec migrate --store postgresql+psycopg://cache@db/cache
+      cachedvec migrate --store sqlite:///cache.db --revision base   # drop the tables
     """
     from cachedvec import migrate as migrations
     from cachedvec.stores import redact_url
@@ -467,10 +492,10 @@ def migrate(store: str, revision: str, as_json: bool) -> None:
     if not store.lower().startswith(("sqlite", "postgresql", "postgres")):
         raise ConfigError(f"migrate works on SQL caches (sqlite:///..., postgresql+psycopg://...);"
                           f" {redact_url(store)!r} has no schema to migrate")
-    migrations.upgrade(store, revision)
-    current = migrations.current(store)
+    current = migrations.move_to(store, revision)
     _emit(as_json, {"store": redact_url(store), "revision": current},
-          f"{redact_url(store)} is at revision {current}")
+          f"{redact_url(store)} is at revision {current}" if current else
+          f"{redact_url(store)} has no cachedvec tables (revision base)")
 
 
 if __name__ == "__main__":  # pragma: no cover

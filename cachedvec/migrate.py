@@ -40,6 +40,7 @@ __all__ = [
     "downgrade",
     "head",
     "is_known_revision",
+    "move_to",
     "script_location",
     "upgrade",
 ]
@@ -112,6 +113,25 @@ def upgrade(url: str, revision: str = "head") -> str | None:
 def downgrade(url: str, revision: str) -> str | None:
     """Downgrade a database to ``revision`` (``"base"`` drops every cachedvec table)."""
     return _run(url, "downgrade", revision)
+
+
+def move_to(url: str, revision: str) -> str | None:
+    """Upgrade or downgrade a database to ``revision``, whichever way it lies.
+
+    ``"base"``, or any revision older than the database's, downgrades (``"base"``
+    drops every cachedvec table); anything else upgrades.
+    """
+    at = current(url)
+    if revision == "base" or (at is not None and revision != at and _is_older(revision, at)):
+        return downgrade(url, revision)
+    return upgrade(url, revision)
+
+
+def _is_older(revision: str, than: str) -> bool:
+    try:
+        return any(r.revision == revision for r in _scripts().iterate_revisions(than, "base"))
+    except CommandError:
+        return False  # not one of ours: upgrade() says so
 
 
 def _run(url: str, direction: str, revision: str) -> str | None:

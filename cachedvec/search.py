@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from cachedvec.embeddings import CachedEmbeddings
-from cachedvec.index import Hit, VectorIndex
-from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, prepare_store_url, record_run
+from cachedvec.index import Hit, VectorIndex, read_manifest
+from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, record_run
+from cachedvec.stores import open_store
 
 
 def query(
@@ -28,7 +29,10 @@ def query(
     Raises :class:`IndexMismatchError` if the index was built with another model.
     The index's saved re-rank setting (or ``rerank``) re-ranks from ``store``.
     """
-    with CachedEmbeddings(model, prepare_store_url(store)) as emb:
+    read_manifest(index)  # with nothing ingested yet, say that before anything about the cache
+    # The cache must exist: a mistyped URL would otherwise start an empty one,
+    # miss every re-rank vector and cache the question where no one looks.
+    with open_store(store, create=False) as opened, CachedEmbeddings(model, opened) as emb:
         vindex = VectorIndex.load(Path(index), fingerprint=emb.fingerprint, cache=emb.store)
         try:
             if rerank is not None:

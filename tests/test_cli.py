@@ -33,7 +33,7 @@ from cachedvec.cli import main
 from cachedvec.index import VectorIndex, read_manifest
 from cachedvec.models import DEFAULT_MODEL_NAME
 from cachedvec.testing import FakeEmbeddings
-from tests.conftest import PERSISTENT_KINDS
+from tests.conftest import PERSISTENT_KINDS, store_url
 
 CLI = str(Path(sys.executable).with_name("cachedvec"))
 ENCYCLOPEDIA = Path(__file__).parents[1] / "examples" / "corpus" / "encyclopedia"
@@ -413,8 +413,37 @@ def test_reindex_with_vectors_missing_says_how_many(ws: Workspace) -> None:
 
 
 def test_missing_index(ws: Workspace) -> None:
+    open_store(ws.store).close()
     for command in (["query", "a question"], ["reindex"], ["stats"]):
         assert "no cachedvec index" in error_line(cli(*command, *ws.where))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file", "diskcache"])
+def test_commands_that_only_read_the_cache_never_create_one(ws: Workspace, kind: str) -> None:
+    # A mistyped --store must not pass as an empty cache (and leave one behind).
+    ws.fake_ingest()
+    typo = store_url(kind, ws.root / "typo")
+    for command in (["stats"], ["prune", "--older-than", "30d", "--dry-run"],
+                    ["query", "a question", "--index", ws.index]):
+        assert "no cache has been written there" in error_line(
+            cli(*command, "--store", typo))
+    assert not (ws.root / "typo").exists()
+
+
+def test_stats_refuses_a_damaged_index_and_describes_the_default_one(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws.fake_ingest()
+    monkeypatch.chdir(ws.root)
+    shutil.copytree(ws.index, ws.root / ".cachedvec" / "index")
+    (default,) = cli_json("stats", "--store", ws.store)["indexes"]
+    assert default["index"] == ".cachedvec/index" and default["counts"]["documents"] > 0
+
+    faiss_file = read_manifest(ws.index).files["index"]["name"]
+    with open(ws.index / faiss_file, "r+b") as f:
+        f.truncate(100)
+    line = error_line(cli("stats", *ws.where))
+    assert faiss_file in line and "damaged" in line
 
 
 @pytest.mark.parametrize("option", [["--chunk-size", "0"], ["--chunk-overlap", "5000"],
@@ -427,6 +456,23 @@ def test_bad_ingest_options(ws: Workspace, option: list[str]) -> None:
 @pytest.mark.parametrize("url", ["memory://", "bogus://x"])
 def test_migrate_a_store_that_is_not_sql(url: str) -> None:
     assert "SQL" in error_line(cli("migrate", "--store", url))
+
+
+@pytest.mark.parametrize("url", ["postgres://u:secret@127.0.0.1:1/db", "sqlitex:///a.db",
+                                 "postgresql+psycopg://u:secret@127.0.0.1:abc/db",
+                                 "postgresql+psycopg2://u:secret@127.0.0.1/db"])
+def test_migrate_bad_sql_urls_are_one_line(url: str) -> None:
+    line = error_line(cli("migrate", "--store", url))
+    assert "secret" not in line
+
+
+def test_migrate_down_to_base_and_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    assert cli_json("migrate", "--store", url)["revision"] == migrate.head()
+    assert cli_json("migrate", "--store", url, "--revision", "base")["revision"] is None
+    assert migrate.current(url) is None  # the tables are gone, not just the report
+    assert "no cachedvec tables" in cli("migrate", "--store", url, "--revision", "base").stdout
+    assert cli_json("migrate", "--store", url)["revision"] == migrate.head()
 
 
 def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:
