@@ -57,8 +57,10 @@ from cachedvec.errors import CachedVecError, ClusterError, ConfigError, MissingV
 from cachedvec.index import VectorIndex
 from cachedvec.ingestion import (
     IngestReport,
+    Paths,
     _identified,
     _version,
+    as_paths,
     check_index_type,
     load_records,
 )
@@ -300,13 +302,14 @@ def embed_dataset(
 
 
 def read_sources(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Paths,
     *,
     chunk_size: int = 1000,
     chunk_overlap: int = 150,
     text_field: str = "text",
 ) -> Dataset:
-    """The chunks of the files under ``paths``: rows ``id``, ``text``, ``metadata`` (JSON).
+    """The chunks of the files under ``paths`` (one or several): rows ``id``, ``text``,
+    ``metadata`` (JSON).
 
     Files are found and checked on the driver (a binary or non-UTF-8 file
     fails here, before any work) and shipped to the cluster with the
@@ -319,7 +322,7 @@ def read_sources(
     """
     ray = _ray()
     chunker = Chunker(chunk_size, chunk_overlap, text_field)  # bad settings fail here
-    sources = [read_source(path) for path in find_files(paths)]
+    sources = [read_source(path) for path in find_files(as_paths(paths))]
     rows = [{"path": str(s.path), "kind": s.kind, "content_hash": s.content_hash,
              "data": s.data} for s in sources]
     settings = chunker.settings
@@ -392,7 +395,7 @@ def _ids(batch: dict[str, np.ndarray]) -> list[str | None] | None:
 
 
 def ingest(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Paths,
     *,
     index: str | os.PathLike[str] = DEFAULT_INDEX,
     store: str = DEFAULT_STORE,
@@ -418,6 +421,7 @@ def ingest(
     from cachedvec.ingestion import ingest as ingest_locally
 
     started = time.perf_counter()
+    paths = as_paths(paths)
     # Here, not only in embed_dataset: Ray meets the count only when some text needs
     # embedding, so a bad one passed unnoticed on other runs or failed mid-job.
     _check_count("workers", workers)

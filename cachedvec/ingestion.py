@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from cachedvec.jobs import (
     slices,
 )
 from cachedvec.sources import Chunk, Chunker, Source, find_files, read_source
+
+#: One file or folder, or several.
+Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 
 CLEANUP_MODES = ("incremental", "full", "none")
 RECORDS_FILE = "ingest.json"
@@ -127,6 +130,13 @@ def _write_records(index_dir: Path, records: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def as_paths(paths: Paths) -> list[str | os.PathLike[str]]:
+    """``paths`` as a list: a str is a sequence too, but of letters, not of paths."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths] if paths != "" else []  # "" names no file (Path("") is the cwd)
+    return list(paths)
+
+
 def check_index_type(index_dir: Path, factory: str | None, metric: str | None) -> None:
     """Refuse a factory or metric asked for that the existing index at ``index_dir`` lacks.
 
@@ -156,7 +166,7 @@ def _under(source: str, roots: Sequence[Path]) -> bool:
 
 
 def ingest(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Paths,
     *,
     index: str | os.PathLike[str] = DEFAULT_INDEX,
     store: str = DEFAULT_STORE,
@@ -170,7 +180,7 @@ def ingest(
     batch_size: int = 64,
     show_progress: bool | None = None,
 ) -> IngestReport:
-    """Bring the index at ``index`` in line with the files under ``paths``.
+    """Bring the index at ``index`` in line with the files under ``paths`` (one or several).
 
     Creates the index (``factory``, default ``"Flat"``, and ``metric``,
     default ``"cosine"``) on first use; an existing index keeps its type, and
@@ -184,6 +194,7 @@ def ingest(
     started = time.perf_counter()
     if cleanup not in CLEANUP_MODES:
         raise ConfigError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
+    paths = as_paths(paths)
     if not paths:
         raise ConfigError("give at least one file or folder to ingest")
     chunker = Chunker(chunk_size, chunk_overlap, text_field)

@@ -107,7 +107,8 @@ def test_ray_ingest_equals_the_single_process_job_and_reruns_compute_nothing(
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:30], files=6)
     (corpus / "copy.txt").write_text("\n\n".join(PARAGRAPHS[:5]))
     ray_index = tmp_path / "ray-index"
-    run = functools.partial(distributed.ingest, [corpus], index=ray_index,
+    # One path alone, as a str: the same as a list of it.
+    run = functools.partial(distributed.ingest, str(corpus), index=ray_index,
                             store=postgres_store_url, model=fake_model("shared"), workers=2,
                             **CHUNKING)
     first = run()
@@ -139,7 +140,7 @@ def test_building_blocks_read_embed_and_index_a_dataset(
         local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:24], files=4)
     model = fake_model("blocks")
-    chunks = distributed.read_sources([corpus], **CHUNKING)
+    chunks = distributed.read_sources(str(corpus), **CHUNKING)  # one path alone
     embedded = distributed.embed_dataset(chunks, store=postgres_store_url, model=model,
                                          workers=2, batch_size=4).materialize()
     rows = embedded.take_all()

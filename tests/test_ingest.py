@@ -86,6 +86,20 @@ def test_removed_sources_are_deleted_by_cleanup_mode(corpus: Path, setup: dict) 
         assert {r.source for r in vindex.records()} == {str((corpus / "a.md").resolve())}
 
 
+def test_one_path_may_be_given_alone(corpus: Path, setup: dict) -> None:
+    assert cachedvec.ingest(str(corpus), **setup).sources.added == 4  # not the letters of it
+    assert cachedvec.ingest(corpus, **setup).sources.skipped == 4
+    together = cachedvec.ingest((corpus / "a.md", str(corpus / "b.txt")), **setup)
+    assert (together.sources.skipped, together.sources.deleted) == (2, 0)
+    # The one path is the root cleanup works under: the other sources stay.
+    alone = cachedvec.ingest(str(corpus / "a.md"), **setup)
+    assert (alone.sources.skipped, alone.sources.deleted) == (1, 0)
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert len({r.source for r in vindex.records()}) == 4
+    with pytest.raises(ConfigError, match="at least one"):
+        cachedvec.ingest("", **setup)
+
+
 def test_jsonl_fields_become_metadata_and_filters_work(corpus: Path, setup: dict) -> None:
     cachedvec.ingest([corpus], **setup)
     hits, _ = cachedvec.query("kettle water", index=setup["index"], store=setup["store"],
