@@ -179,8 +179,9 @@ def main() -> None:
 @click.option("--factory", default=None,
               help="FAISS factory string for a new index (default Flat; HNSW32, IVF256,Flat...). "
                    "To change an existing index, use reindex.")
-@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine",
-              show_default=True, help="Metric for a new index.")
+@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default=None,
+              help="Metric for a new index (default cosine). To change an existing index, "
+                   "use reindex.")
 @click.option("--batch-size", default=64, show_default=True, help="Texts per model call.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               show_default=True,
@@ -193,9 +194,9 @@ def main() -> None:
 @json_option
 @handle_errors
 def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, chunk_size: int,
-           chunk_overlap: int, text_field: str, cleanup: str, factory: str | None, metric: str,
-           batch_size: int, engine: str, address: str | None, workers: int | None,
-           as_json: bool) -> None:
+           chunk_overlap: int, text_field: str, cleanup: str, factory: str | None,
+           metric: str | None, batch_size: int, engine: str, address: str | None,
+           workers: int | None, as_json: bool) -> None:
     """Bring an index in line with text, Markdown and JSON Lines files.
 
     Unchanged files cost nothing; changed files replace exactly their chunks
@@ -215,7 +216,8 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
         from cachedvec import distributed
 
         run = distributed.ingest
-        options = {"address": address, "workers": workers or distributed.DEFAULT_WORKERS}
+        options = {"address": address,
+                   "workers": distributed.DEFAULT_WORKERS if workers is None else workers}
     elif address is not None or workers is not None:
         raise ConfigError("--address and --workers apply to --engine ray")
     else:

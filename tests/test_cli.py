@@ -446,6 +446,19 @@ def test_stats_refuses_a_damaged_index_and_describes_the_default_one(
     assert faiss_file in line and "damaged" in line
 
 
+@pytest.mark.model
+def test_ingest_keeps_the_metric_of_an_existing_index_unless_told_otherwise(
+    ws: Workspace,
+) -> None:
+    ws.ingest("--metric", "l2")
+    (ws.corpus / "more.txt").write_text("A new paragraph about kettles and tea.\n", "utf-8")
+    assert ws.ingest()["added"] == 1  # no --metric: the index keeps its own
+    assert read_manifest(ws.index).metric == "l2"
+    line = error_line(cli("ingest", ws.corpus, *ws.where, *CHUNKING, "--metric", "cosine"))
+    assert "reindex" in line and "cosine" in line
+    assert read_manifest(ws.index).metric == "l2"
+
+
 @pytest.mark.parametrize("option", [["--chunk-size", "0"], ["--chunk-overlap", "5000"],
                                     ["--factory", "NoSuchIndex7"]])
 def test_bad_ingest_options(ws: Workspace, option: list[str]) -> None:

@@ -235,7 +235,8 @@ def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     assert private.exit_code == 1 and "inside one process" in private.output
     local = runner.invoke(main, ["ingest", str(corpus), *at, "--workers", "3"])
     assert local.exit_code == 1 and "--engine ray" in local.output
-    negative = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
-                                    "--workers", "-2"])
-    assert negative.exit_code == 1
-    assert negative.output == "error: workers must be a positive integer, got -2\n"
+    for count in ("-2", "0"):
+        refused = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
+                                       "--workers", count])
+        assert refused.exit_code == 1
+        assert refused.output == f"error: workers must be a positive integer, got {count}\n"

@@ -13,7 +13,8 @@ from cachedvec import open_store
 from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import CachedVecStore
-from tests.conftest import PERSISTENT_KINDS, STORE_KINDS, store_url as make_local_url
+from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
+from tests.conftest import store_url as make_local_url
 
 MakeURL = Callable[[str], str]
 
