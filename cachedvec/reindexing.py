@@ -121,11 +121,24 @@ def ivf_pq_factory(n: int, dim: int) -> str:
     return f"IVF{_ivf_lists(n)},PQ{m}np"
 
 
-def _rerank_for(rerank: int | bool | None, factory: str) -> int | None:
-    """``reindex``'s ``rerank`` argument, resolved for the factory being built."""
+def _rerank_for(rerank: int | bool | None, factory: str, exact: bool) -> int | None:
+    """``reindex``'s ``rerank`` argument, resolved for the factory being built.
+
+    ``exact``: the new index already scores with the float32 vectors (flat
+    storage), so re-ranking would change nothing. A factor asked for such an
+    index is refused, as ``nprobe`` is for a non-IVF one: saved and reported,
+    it would claim a re-ranking that no search does.
+    """
     if rerank is None:
         return default_rerank(factory)
-    return None if rerank is False else check_rerank(rerank)
+    if rerank is False:
+        return None
+    factor = check_rerank(rerank)
+    if exact:
+        raise ConfigError(
+            f"rerank applies to compressed indexes (PQ, SQ...), not {factory!r}, which "
+            "already scores exactly; drop the rerank factor (--rerank)")
+    return factor
 
 
 def default_rerank(factory: str) -> int | None:
@@ -171,7 +184,8 @@ def reindex(
     the cache (saved with the index; used when the index is opened with its
     store, as ``cachedvec query`` and :class:`CachedVectorStore` do).
     ``None``: :func:`default_rerank` of the new factory (PQ indexes re-rank);
-    ``False``: no re-ranking.
+    ``False``: no re-ranking. A factor for a factory that already scores
+    exactly (``Flat``, ``IVF...,Flat``, ``HNSW32``) raises :class:`ConfigError`.
     """
     started = time.perf_counter()
     index_dir = Path(index)
@@ -208,13 +222,13 @@ def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
     docstore, manifest = open_docstore(index_dir)
     try:
         factory, metric = factory or manifest.factory, metric or manifest.metric
-        factor = _rerank_for(rerank, factory)
         n = len(docstore)
         with (
             IndexBuilder(manifest.dim, metric=metric, factory=factory, layout=layout,
                          folder=index_dir, block_size=block_size, nprobe=nprobe) as builder,
             open_store(store_url) as store,
         ):
+            factor = _rerank_for(rerank, factory, builder.scores_exactly)
             reader = _CacheReader(store, manifest.dim)
             trained_on = 0
             if builder.needs_training and n:
@@ -296,15 +310,14 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
     try:
         records = list(old.records())
         factory, metric = factory or old.factory, metric or old.metric
-        factor = _rerank_for(rerank, factory)
         vectors, keys, fingerprint, hits, computed = _embedded(
             records, model, old.fingerprint, store, model is not None, show_progress)
         fresh = VectorIndex(vectors.shape[1] if len(vectors) else old.dim, metric=metric,
-                            factory=factory, fingerprint=fingerprint, nprobe=nprobe,
-                            rerank=factor)
+                            factory=factory, fingerprint=fingerprint, nprobe=nprobe)
     finally:
         old.close()
     try:
+        fresh.rerank = factor = _rerank_for(rerank, factory, fresh.scores_exactly)
         if records:
             fresh.train(vectors)
             starts = range(0, len(records), 50_000)

@@ -290,6 +290,32 @@ def test_reindex_gives_pq_the_default_rerank(store_url: str, store,  # type: ign
     assert report.rerank is None
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
+def test_reindex_refuses_a_factor_where_reranking_changes_nothing(
+        store_url: str, tmp_path: Path, factory: str) -> None:
+    """Flat storage scores exactly: a factor would be saved and reported, never used."""
+    folder = tmp_path / "idx"
+    with build("Flat", n=3000) as vindex:
+        vindex.save(folder)
+    manifest = (folder / "manifest.json").read_bytes()
+    with pytest.raises(ConfigError, match="already scores exactly"):
+        cachedvec.reindex(folder, store=store_url, factory=factory, rerank=4)
+    with pytest.raises(ConfigError, match="already scores exactly"):  # through a model too
+        cachedvec.reindex(folder, store=f"sqlite:///{tmp_path}/model.db", factory=factory,
+                          rerank=4, model=FakeEmbeddings(DIM))
+    out = CliRunner().invoke(main, ["reindex", "--index", str(folder), "--store", store_url,
+                                    "--factory", factory, "--rerank", "4", "--json"])
+    assert out.exit_code != 0 and "already scores exactly" in out.output
+    assert "re-rank" not in out.output and '"rerank"' not in out.output
+    assert (folder / "manifest.json").read_bytes() == manifest  # nothing was changed
+    # Left out (or --no-rerank), the rebuild goes ahead, claiming no re-ranking.
+    assert cachedvec.reindex(folder, store=store_url, factory=factory).rerank is None
+    assert cachedvec.reindex(folder, store=store_url, factory=factory, rerank=False).rerank is None
+    assert "rerank" not in read_manifest(folder).search
+    # A compressed index still takes one.
+    assert cachedvec.reindex(folder, store=store_url, factory="IVF16,SQ8", rerank=3).rerank == 3
+
+
 def test_query_job_reranks_from_its_store(tmp_path: Path) -> None:
     """``cachedvec query``'s job attaches --store: saved setting, and --rerank overrides."""
     from cachedvec.search import query

@@ -46,6 +46,7 @@ from cachedvec.errors import ConfigError, IndexCorruptError
 from cachedvec.index import persist
 from cachedvec.index.docstore import DocStore
 from cachedvec.index.faiss_index import FaissIndex
+from cachedvec.index.rerank import scores_exactly
 
 LAYOUTS = ("memory", "ondisk")
 DEFAULT_BLOCK_SIZE = 1_000_000
@@ -99,6 +100,11 @@ class IndexBuilder:
     @property
     def needs_training(self) -> bool:
         return not self._target.is_trained
+
+    @property
+    def scores_exactly(self) -> bool:
+        """Whether the index scores with the exact float32 vectors (re-ranking changes nothing)."""
+        return scores_exactly(self._target.faiss_index)
 
     @property
     def nlist(self) -> int:

@@ -149,14 +149,17 @@ class VectorIndex:
         self._reranker = None if store is None else CacheReranker(store, self.dim)
 
     @property
+    def scores_exactly(self) -> bool:
+        """Whether FAISS already scores with the exact vectors (flat storage): never re-ranked."""
+        return scores_exactly(self._faiss.faiss_index)
+
+    @property
     def reranking(self) -> bool:
         """Whether searches re-rank now: a factor, a store, and an index that is not exact."""
         return self._active_reranker() is not None
 
     def _active_reranker(self) -> CacheReranker | None:
-        if self._rerank is None or self._reranker is None:
-            return None
-        if scores_exactly(self._faiss.faiss_index):
+        if self._rerank is None or self._reranker is None or self.scores_exactly:
             return None
         return self._reranker
 
