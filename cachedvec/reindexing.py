@@ -318,8 +318,11 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
         old.close()
     try:
         fresh.rerank = factor = _rerank_for(rerank, factory, fresh.scores_exactly)
+        trained_on = 0
         if records:
-            fresh.train(vectors)
+            if fresh.needs_training:  # IVF/PQ/transforms: on every vector, in memory
+                fresh.train(vectors)
+                trained_on = len(vectors)
             starts = range(0, len(records), 50_000)
             for start in progress(starts, desc="indexing", unit="batch", enabled=show_progress):
                 stop = start + 50_000
@@ -332,7 +335,7 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
         fresh.close()
     return ReindexReport(documents=len(records), factory=factory, metric=metric,
                          model=fingerprint.model, cache_hits=hits, computed=computed,
-                         rerank=factor)
+                         trained_on=trained_on, rerank=factor)
 
 
 def _embedded(records: list[Record], model: Any, current: ModelFingerprint | None,

@@ -17,6 +17,7 @@ from cachedvec.errors import ConfigError, MissingVectorsError, VectorIndexError
 from cachedvec.index import VectorIndex
 from cachedvec.reindexing import ivf_pq_factory, large_index_factory
 from cachedvec.stores import open_store
+from cachedvec.testing import FakeEmbeddings
 
 DIM = 32
 N = 3000
@@ -163,6 +164,22 @@ def test_bad_streaming_options_are_refused(cached_index: dict) -> None:
     assert result.exit_code != 0 and "nprobe must be a positive integer" in result.output
     with pytest.raises(ConfigError, match="on-disk"):
         cachedvec.reindex(cached_index["index"], layout="ondisk", compute_missing=True, **where)
+
+
+def test_rebuild_through_a_model_reports_its_training(cached_index: dict) -> None:
+    """Not streamed: trained in memory on every vector, and the report says how many."""
+    live = len(cached_index["live"])
+    for factory, trained_on in (("IVF16,Flat", live), ("Flat", 0)):
+        report = cachedvec.reindex(cached_index["index"], store=cached_index["store"],
+                                   factory=factory, model=FakeEmbeddings(DIM))
+        assert (report.streamed, report.documents, report.trained_on) == (False, live,
+                                                                          trained_on)
+    with VectorIndex.load(cached_index["index"]) as vindex:
+        assert vindex.factory == "Flat" and not vindex.needs_training
+    # Streamed from the cache, the training sample is all the documents here.
+    report = cachedvec.reindex(cached_index["index"], store=cached_index["store"],
+                               factory="IVF16,Flat")
+    assert (report.streamed, report.trained_on) == (True, live)
 
 
 def test_recommended_factories_scale_lists_with_the_corpus() -> None:

@@ -164,6 +164,11 @@ class VectorIndex:
         return self._reranker
 
     @property
+    def needs_training(self) -> bool:
+        """True until IVF/PQ/transforms are trained (by :meth:`train` or the first add)."""
+        return not self._faiss.is_trained
+
+    @property
     def tombstones(self) -> int:
         """Deleted vectors still inside a graph index; :meth:`compact` drops them."""
         return self._faiss.tombstones
