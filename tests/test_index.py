@@ -502,6 +502,43 @@ def test_unknown_metric_or_factory_is_a_config_error(metric: str, factory: str) 
         VectorIndex(DIM, metric=metric, factory=factory)
 
 
+@pytest.mark.parametrize(
+    ("metric", "factory", "message"),
+    [
+        ("cosine", "Flat7", "unknown FAISS factory string 'Flat7': could not parse index string"),
+        ("l2", "IVF16,Foo", "unknown FAISS factory string 'IVF16,Foo': could not parse code "
+                            "description Foo in IVF16,Foo"),
+        ("cosine", "PQ99999999999", "unknown FAISS factory string 'PQ99999999999': a number"),
+        # Valid strings FAISS refuses for this metric or dimension, with its reason.
+        ("cosine", "LSH", "FAISS factory string 'LSH' is valid, but FAISS refuses it for 32-d "
+                          "cosine vectors: LSH supports only the l2 metric"),
+        ("ip", "ITQ16,LSH", "refuses it for 32-d ip vectors: LSH supports only the l2 metric"),
+        ("l2", "PQ7", "FAISS factory string 'PQ7' is valid, but FAISS refuses it for 32-d l2 "
+                      "vectors: The dimension of the vector (d) should be a multiple of the "
+                      "number of subquantizers (M)"),
+        ("cosine", "IVF8,PQ5np", "'IVF8,PQ5np' is valid, but FAISS refuses it for 32-d"),
+    ],
+)
+def test_factory_errors_tell_unparsable_from_refused(metric: str, factory: str,
+                                                    message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        VectorIndex(DIM, metric=metric, factory=factory)
+    assert message in str(info.value)
+    assert "failed" not in str(info.value)  # FAISS's assertion text is left out
+
+
+def test_lsh_scores_are_hamming_distances_between_codes() -> None:
+    # LSH (l2 only) hashes each vector to sign bits, here one per dimension, and
+    # FAISS ranks by how many bits differ: not a squared distance (docs/index.md).
+    index, data = build("LSH", n=300, metric="l2")
+    queries = random_vectors(5, seed=1)
+    for query, hits in zip(queries, index.search_batch(queries, 10), strict=True):
+        differing = [int(((data[int(h.id[1:])] > 0) != (query > 0)).sum()) for h in hits]
+        assert [h.score for h in hits] == differing == sorted(differing)
+        assert all(0 <= bits <= DIM for bits in differing)
+    index.close()
+
+
 def test_bad_dimension_is_a_config_error() -> None:
     for dim in (0, -3, 2.0, True):
         with pytest.raises(ConfigError):

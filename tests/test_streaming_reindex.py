@@ -164,6 +164,16 @@ def test_bad_streaming_options_are_refused(cached_index: dict) -> None:
     assert result.exit_code != 0 and "nprobe must be a positive integer" in result.output
     with pytest.raises(ConfigError, match="on-disk"):
         cachedvec.reindex(cached_index["index"], layout="ondisk", compute_missing=True, **where)
+    # A factory FAISS cannot parse, and valid ones it refuses for this index (32-d cosine).
+    for factory, message in (("LHS", "unknown FAISS factory string 'LHS'"),
+                             ("LSH", "'LSH' is valid, but FAISS refuses it for 32-d cosine "
+                                     "vectors: LSH supports only the l2 metric"),
+                             ("PQ7", "'PQ7' is valid, but FAISS refuses it for 32-d cosine "
+                                     "vectors: The dimension")):
+        result = CliRunner().invoke(main, ["reindex", "--index", cached_index["index"],
+                                           "--store", cached_index["store"], "--factory",
+                                           factory])
+        assert result.exit_code != 0 and message in result.output, result.output
 
 
 def test_rebuild_through_a_model_reports_its_training(cached_index: dict) -> None:

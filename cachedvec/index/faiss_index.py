@@ -75,6 +75,10 @@ DEFAULT_EF_SEARCH = 64
 _SCORE_BLOCK = 1 << 22
 _MIN_COLUMNS = 4096
 _FAISS_MESSAGE = re.compile(r" at \S+:\d+: (?:Error: )?(.*)$")
+# A failed FAISS assertion that goes on to explain itself: "'!(d % M == 0)' failed: <why>".
+_ASSERTION = re.compile(r"^'[^']*' failed: (?=\S)")
+# index_factory's one metric check (FAISS builds LSH for l2 only), unexplained.
+_L2_ONLY = re.compile(r"^'metric == METRIC_L2' failed$")
 
 
 def default_nprobe(nlist: int) -> int:
@@ -118,7 +122,7 @@ class FaissIndex:
         try:
             base = faiss.index_factory(dim, factory, METRICS[metric])
         except RuntimeError as exc:
-            raise ConfigError(f"unknown FAISS factory string {factory!r}: {_reason(exc)}") from exc
+            raise ConfigError(_factory_error(factory, dim, metric, exc)) from exc
         if isinstance(faiss.downcast_index(base), faiss.IndexIDMap):
             raise ConfigError(f"factory {factory!r}: drop 'IDMap', cachedvec manages ids itself")
         inner = _innermost(base)
@@ -558,6 +562,21 @@ def _one_warning_for_few_training_vectors(index: faiss.Index, factory: str,
     finally:
         for opq, _ in lent:
             opq.pq = None  # FAISS's own default; the lent quantizer dies with ``lent``
+
+
+def _factory_error(factory: str, dim: int, metric: str, exc: BaseException) -> str:
+    """Why FAISS would not build ``factory``: a string it cannot parse, or a valid
+    one it refuses for this dimension or metric (``PQ7`` for 384-d, ``LSH`` for cosine)."""
+    reason = _ASSERTION.sub("", _reason(exc))
+    if "could not parse" in reason:
+        return f"unknown FAISS factory string {factory!r}: {reason}"
+    if "stoi" in reason:  # std::stoi: a number FAISS reads as a C int
+        return f"unknown FAISS factory string {factory!r}: a number in it is too large"
+    if _L2_ONLY.match(reason):
+        kind = "LSH" if "LSH" in factory else "this index type"
+        reason = f"{kind} supports only the l2 metric"
+    return (f"FAISS factory string {factory!r} is valid, but FAISS refuses it for {dim}-d "
+            f"{metric} vectors: {reason}")
 
 
 def _reason(exc: BaseException) -> str:
