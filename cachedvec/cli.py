@@ -274,10 +274,15 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
         raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
     hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
                        filter=filter_, rerank=rerank)
-    metric = read_manifest(index).metric
+    manifest = read_manifest(index)
+    metric = manifest.metric
     results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
                for h in hits]
-    label = "squared distance " if metric == "l2" else ""
+    # LSH (l2 only) scores by the bits its binary codes differ in, unless
+    # candidates are re-scored from the cache's float vectors.
+    reranked = rerank if rerank is not None else manifest.search.get("rerank", 0)
+    hamming = "LSH" in manifest.factory.upper() and not reranked
+    label = "bits apart " if hamming else "squared distance " if metric == "l2" else ""
     lines = []
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())

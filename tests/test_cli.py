@@ -245,6 +245,14 @@ def test_query_says_when_scores_are_distances(ws: Workspace) -> None:
     text = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where)
     assert text.stdout.startswith("1. [squared distance ")
 
+    # LSH scores count the bits two binary codes differ in, until re-ranking
+    # re-scores the candidates with the cached vectors.
+    cli_json("reindex", *ws.where, "--factory", "LSH")
+    lsh = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where)
+    assert lsh.stdout.startswith("1. [bits apart ") and lsh.stdout.split()[3].endswith(".000]")
+    again = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where, "--rerank", "4")
+    assert again.stdout.startswith("1. [squared distance ")
+
 
 # ----------------------------------------------------------------- reindex
 
