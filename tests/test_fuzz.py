@@ -377,10 +377,11 @@ def test_a_cli_filter_nested_too_deep_is_one_error_line(tmp_path: Path) -> None:
 
 # Inputs that once let a raw ValueError, OSError, OverflowError or
 # SQLAlchemy error escape open_store (found by the fuzz test below).
+# (SQLITE:/// was one; schemes are case-insensitive, so it now opens.)
 HOSTILE_URLS = [
     "sqlite:///has\x00nul.db", "sqlite:///%00.db", "file://has\x00nul", "file://\ud800",
     "sqlite:///\ud800.db", "sqlite:///" + "n" * 300 + ".db", "sqlite:///x.db?timeout=abc",
-    "postgresql://u@[::1/db", "postgresql+psycopg://u@127.0.0.1:abc/db", "SQLITE:///x.db",
+    "postgresql://u@[::1/db", "postgresql+psycopg://u@127.0.0.1:abc/db", "SQLITE+x:///x.db",
     "sqlite://host/x.db", "diskcache://dc?size_limit=inf", "diskcache://dc?size_limit=1e999",
 ]
 
