@@ -93,6 +93,13 @@ def _check_count(name: str, value: Any) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_retries(value: Any) -> None:
+    # Ray reads -1 as "retry forever", which would loop on a batch that kills
+    # every worker it reaches.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"retries must be 0 or a positive integer, got {value!r}")
+
+
 def _ray() -> Any:
     try:
         import ray
@@ -276,6 +283,7 @@ def embed_dataset(
     """
     _check_count("workers", workers)
     _check_count("batch_size", batch_size)
+    _check_retries(retries)
     _check_model_spec(model)
     store = shared_store_url(store)
     open_store(store).close()  # a wrong password or missing schema fails here, not in a worker
@@ -426,6 +434,7 @@ def ingest(
     # embedding, so a bad one passed unnoticed on other runs or failed mid-job.
     _check_count("workers", workers)
     _check_count("batch_size", batch_size)
+    _check_retries(retries)
     _check_model_spec(model)
     refuse_private_store(store)  # before connecting: the cheapest mistake to catch
     check_index_type(Path(index), factory, metric)  # not after the cluster embedded

@@ -207,6 +207,16 @@ def test_a_bad_worker_count_is_refused_before_any_work(tmp_path: Path, workers: 
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
+@pytest.mark.parametrize("retries", [-1, 1.5, True])
+def test_a_bad_retry_count_is_refused_before_any_work(tmp_path: Path, retries: Any) -> None:
+    # Ray would read -1 as "retry forever".
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    with pytest.raises(ConfigError, match="retries must be 0 or a positive integer"):
+        distributed.ingest([corpus], index=tmp_path / "index", store=f"sqlite:///{tmp_path}/c.db",
+                           model=fake_model("bad"), retries=retries)
+    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
+
+
 def test_another_metric_is_refused_before_the_cluster_embeds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
