@@ -86,6 +86,7 @@ class CachedVectorStore(VectorStore):
             "rerank": check_rerank(rerank),
         }
         self._index = index
+        self._closed = False
         if index is not None:
             if rerank is not None:
                 index.rerank = rerank
@@ -170,6 +171,7 @@ class CachedVectorStore(VectorStore):
     ) -> list[str]:
         """Embed and add texts; an id that exists is replaced (upsert)."""
         _no_extra(kwargs, frozenset(), "add_texts")
+        self._check_open()
         texts = list(texts)
         if not texts:
             return []
@@ -186,6 +188,7 @@ class CachedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[str]:
         _no_extra(kwargs, frozenset(), "aadd_texts")
+        self._check_open()
         texts = list(texts)
         if not texts:
             return []
@@ -205,6 +208,7 @@ class CachedVectorStore(VectorStore):
         cache_keys: Sequence[str | None] | None = None,
     ) -> list[str]:
         """Add texts whose vectors are already computed (no embedding call)."""
+        self._check_open()
         if len(texts) == 0:
             return []
         matrix = np.asarray(vectors, dtype=np.float32)
@@ -220,6 +224,7 @@ class CachedVectorStore(VectorStore):
         ``index.delete(ids)`` returns the full report (deleted and missing ids).
         """
         _no_extra(kwargs, frozenset(), "delete")
+        self._check_open()
         if ids is None:
             raise ConfigError("delete needs the ids to delete")
         if self._index is None:
@@ -231,6 +236,7 @@ class CachedVectorStore(VectorStore):
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """Documents of the ids that exist, in the order asked, each once."""
+        self._check_open()
         if self._index is None:
             return []
         return [Document(r.text, metadata=r.metadata, id=r.id) for r in self._index.get(ids)]
@@ -251,6 +257,7 @@ class CachedVectorStore(VectorStore):
         ``fetch_k`` (first candidate count when filtering).
         """
         _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
+        self._check_open()
         if self._index is None:
             return []
         return self.similarity_search_with_score_by_vector(
@@ -276,6 +283,7 @@ class CachedVectorStore(VectorStore):
     ) -> list[tuple[Document, float]]:
         """The fast path: one query vector, one FAISS call, one SQLite query."""
         _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
+        self._check_open()
         if self._index is None:
             return []
         hits = self._index.search(embedding, k, filter=filter, **kwargs)
@@ -302,6 +310,7 @@ class CachedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[list[tuple[Document, float]]]:
         _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search_by_vectors")
+        self._check_open()
         matrix = np.asarray(vectors, dtype=np.float32)
         if self._index is None:
             return [[] for _ in range(len(matrix))]
@@ -318,6 +327,7 @@ class CachedVectorStore(VectorStore):
     ) -> list[Document]:
         """Diverse results: MMR over the ``fetch_k`` nearest (filtered) documents."""
         _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
+        self._check_open()
         if self._index is None:
             return []
         return self.max_marginal_relevance_search_by_vector(
@@ -333,6 +343,7 @@ class CachedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
+        self._check_open()
         if self._index is None:
             return []
         hits = self._index.mmr_search(
@@ -355,6 +366,7 @@ class CachedVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         _no_extra(kwargs, _SEARCH_OPTIONS, "asimilarity_search")
+        self._check_open()
         if self._index is None:
             return []
         vector = await self._aembed_query(query)
@@ -378,6 +390,7 @@ class CachedVectorStore(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         _no_extra(kwargs, _MMR_OPTIONS, "amax_marginal_relevance_search")
+        self._check_open()
         if self._index is None:
             return []
         vector = await self._aembed_query(query)
@@ -424,6 +437,7 @@ class CachedVectorStore(VectorStore):
 
     def save(self, path: str | os.PathLike[str]) -> Manifest:
         """Save to a folder (FAISS file, SQLite docstore, JSON manifest), atomically."""
+        self._check_open()
         if self._index is None:
             raise ConfigError(
                 "nothing to save yet: add documents first, or pass dim= to the constructor"
@@ -465,9 +479,16 @@ class CachedVectorStore(VectorStore):
                    rerank=rerank)
 
     def close(self) -> None:
-        """Release the docstore."""
+        """Release the docstore; the store is unusable afterwards (ConfigError)."""
+        self._closed = True
         if self._index is not None:
             self._index.close()
+
+    def _check_open(self) -> None:
+        # Checked here too: a store closed before its first add has no index
+        # to refuse, and would otherwise quietly start a new one.
+        if self._closed:
+            raise ConfigError("this vector store is closed: load it again to use it")
 
     def __repr__(self) -> str:
         return f"CachedVectorStore({self._index!r})"

@@ -275,3 +275,45 @@ async def test_async_twins(cached: CachedEmbeddings, fake: FakeEmbeddings) -> No
     assert [d.id for d in await vectorstore.aget_by_ids(["late"])] == ["late"]
     assert await vectorstore.adelete(["late"]) is True
     assert len(vectorstore) == 6
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+def test_a_closed_store_says_it_is_closed(store: CachedVectorStore, tmp_path: Path) -> None:
+    store.close()
+    closed = "closed"
+    with pytest.raises(ConfigError, match=closed):
+        store.similarity_search("cats")
+    with pytest.raises(ConfigError, match=closed):
+        store.similarity_search_by_vectors(np.ones((1, DIM)))
+    with pytest.raises(ConfigError, match=closed):
+        store.max_marginal_relevance_search("cats")
+    with pytest.raises(ConfigError, match=closed):
+        store.add_texts(["x"])
+    with pytest.raises(ConfigError, match=closed):
+        store.delete(["doc0"])
+    with pytest.raises(ConfigError, match=closed):
+        store.get_by_ids(["doc0"])
+    with pytest.raises(ConfigError, match=closed):
+        store.save(tmp_path / "idx")
+    assert store.index is not None
+    with pytest.raises(ConfigError, match=closed):  # the index refuses on its own too
+        store.index.search(np.ones(DIM))
+    store.close()  # closing twice is harmless
+
+
+def test_a_store_closed_before_any_add_stays_closed() -> None:
+    vectorstore = CachedVectorStore(DeterministicFakeEmbedding(size=4))
+    vectorstore.close()
+    with pytest.raises(ConfigError, match="closed"):
+        vectorstore.add_texts(["x"])
+    assert vectorstore.index is None
+
+
+async def test_a_closed_store_refuses_async_calls_too(store: CachedVectorStore) -> None:
+    store.close()
+    with pytest.raises(ConfigError, match="closed"):
+        await store.asimilarity_search("cats")
+    with pytest.raises(ConfigError, match="closed"):
+        await store.aadd_texts(["x"])

@@ -101,6 +101,7 @@ class VectorIndex:
         self._next_vector_id = 0
         self.fingerprint = fingerprint
         self._lock = ReadWriteLock()
+        self._closed = False
 
     # -- properties --------------------------------------------------------------
 
@@ -188,6 +189,7 @@ class VectorIndex:
         """Train IVF/PQ/transforms on a sample, before the first add."""
         matrix = self._faiss.prepare(vectors)
         with self._lock.write():
+            self._check_open()
             self._faiss.train(matrix)
 
     def add(
@@ -218,6 +220,7 @@ class VectorIndex:
         if n == 0:
             return []
         with self._lock.write():
+            self._check_open()
             if not self._faiss.is_trained:
                 self._faiss.train(matrix)
             new_ids = np.arange(self._next_vector_id, self._next_vector_id + n, dtype=np.int64)
@@ -240,6 +243,7 @@ class VectorIndex:
         """Delete documents by id; ids not present are reported, not an error."""
         wanted = list(dict.fromkeys(_check_id(i, p) for p, i in enumerate(ids)))
         with self._lock.write():
+            self._check_open()
             found = self._docs.vector_ids_of(wanted)
             if found:
                 vector_ids = np.fromiter(found.values(), dtype=np.int64, count=len(found))
@@ -255,6 +259,7 @@ class VectorIndex:
     def delete_sources(self, sources: Sequence[str]) -> DeleteResult:
         """Delete every document whose metadata ``source`` is one of ``sources``."""
         with self._lock.read():
+            self._check_open()
             ids = self._docs.ids_of_sources(sources)
         return self.delete(ids)
 
@@ -285,6 +290,7 @@ class VectorIndex:
             ef_search = self.ef_search if ef_search is None else ef_search
             nprobe = self.nprobe if nprobe is None else nprobe
         with self._lock.write():
+            self._check_open()
             vector_ids = self._docs.vector_ids()
             fresh = FaissIndex(
                 self.dim, metric or self.metric, factory, ef_search=ef_search, nprobe=nprobe
@@ -305,6 +311,7 @@ class VectorIndex:
     def clear(self) -> None:
         """Delete every document."""
         with self._lock.write():
+            self._check_open()
             fresh = FaissIndex(
                 self.dim,
                 self.metric,
@@ -327,6 +334,7 @@ class VectorIndex:
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records of the ids that exist, in the order asked (each once)."""
         with self._lock.read():
+            self._check_open()
             return self._docs.records(list(ids))
 
     def get_vectors(self, ids: Sequence[str]) -> tuple[Matrix, list[int]]:
@@ -335,6 +343,7 @@ class VectorIndex:
         Vectors are as stored: normalised for cosine, decoded for PQ.
         """
         with self._lock.read():
+            self._check_open()
             found = self._docs.vector_ids_of(list(ids))
             positions = [p for p, i in enumerate(ids) if i in found]
             vector_ids = np.array([found[ids[p]] for p in positions], dtype=np.int64)
@@ -348,11 +357,13 @@ class VectorIndex:
         Streamed in batches, so a change made while iterating may or may not
         show; re-indexing jobs iterate while nothing else writes.
         """
+        self._check_open()
         return self._docs.iter_records()
 
     def sources(self) -> list[str]:
         """Distinct metadata ``source`` values."""
         with self._lock.read():
+            self._check_open()
             return self._docs.sources()
 
     # -- search -------------------------------------------------------------------
@@ -404,6 +415,7 @@ class VectorIndex:
         if len(matrix) != 1:
             raise ConfigError(f"mmr_search takes one query vector, got {len(matrix)}")
         with self._lock.read():
+            self._check_open()
             scores, vector_ids = self._candidates(matrix, fetch_k, predicate, None)
             valid = vector_ids[0] >= 0
             vector_ids, scores = vector_ids[:, valid], scores[:, valid]
@@ -423,6 +435,7 @@ class VectorIndex:
         if fetch_k is not None:
             _check_k(fetch_k, "fetch_k")
         with self._lock.read():
+            self._check_open()
             scores, vector_ids = self._candidates(matrix, k, predicate, fetch_k)
             return self._hits(scores, vector_ids, score_threshold)
 
@@ -580,6 +593,7 @@ class VectorIndex:
     def save(self, path: str | os.PathLike[str]) -> persist.Manifest:
         """Write the folder (FAISS file, SQLite, manifest) and swap it in atomically."""
         with self._lock.read():
+            self._check_open()
             faiss_index = self._faiss
             return persist.save_folder(
                 path,
@@ -681,11 +695,21 @@ class VectorIndex:
         except ConfigError as exc:
             raise IndexCorruptError(f"index {path}: {exc}") from exc
         opened._lock = ReadWriteLock()
+        opened._closed = False
         return opened
 
     def close(self) -> None:
-        """Release the docstore; the object is unusable afterwards."""
-        self._docs.close()
+        """Release the docstore; the object is unusable afterwards (ConfigError)."""
+        # Under the write lock, so a search or add in flight finishes first.
+        with self._lock.write():
+            self._closed = True
+            self._docs.close()
+
+    def _check_open(self) -> None:
+        # Without this a closed docstore surfaces as "docstore row is damaged"
+        # or a raw sqlite3 error: the index is fine, the caller closed it.
+        if self._closed:
+            raise ConfigError("this index is closed: load it again to use it")
 
     def __enter__(self) -> VectorIndex:
         return self
