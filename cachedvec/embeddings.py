@@ -209,8 +209,11 @@ class CachedEmbeddings(Embeddings):
         call.matrix[batch] = vectors
         values = self.codec.encode_many(vectors)
         self.stats.computed += len(batch)
-        self.stats.bytes_written += sum(map(len, values))
         return [(call.keys[i], v) for i, v in zip(batch, values, strict=True)]
+
+    def _wrote(self, pairs: list[tuple[str, bytes]]) -> None:
+        # Counted once the store took them: uncached queries write nothing.
+        self.stats.bytes_written += sum(len(v) for _, v in pairs)
 
     def _result(self, call: _Lookup) -> Matrix:
         if len(call.unique) == len(call.texts):
@@ -232,6 +235,7 @@ class CachedEmbeddings(Embeddings):
             pairs = self._accept(call, batch, embed([call.unique[i] for i in batch]))
             if use_cache:
                 store.mset(pairs)
+                self._wrote(pairs)
         return self._result(call)
 
     def embed_documents_array(self, texts: Sequence[str]) -> Matrix:
@@ -276,6 +280,7 @@ class CachedEmbeddings(Embeddings):
             pairs = self._accept(call, batch, await embed([call.unique[i] for i in batch]))
             if use_cache:
                 await store.amset(pairs)
+                self._wrote(pairs)
         return self._result(call)
 
     async def aembed_documents_array(self, texts: Sequence[str]) -> Matrix:

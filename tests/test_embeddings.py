@@ -67,8 +67,14 @@ def test_documents_and_queries_use_separate_namespaces() -> None:
 def test_query_cache_can_be_turned_off_or_moved() -> None:
     store, qstore = open_store("memory://"), open_store("memory://")
     model = FakeEmbeddings(8)
-    CachedEmbeddings(model, store, cache_queries=False).embed_query("q")
+    uncached = CachedEmbeddings(model, store, cache_queries=False)
+    uncached.embed_query("q")
+    uncached.embed_query("q")
     assert list(store.yield_keys()) == []
+    # Computed twice, written never: the stats say what reached the store.
+    assert uncached.stats.computed == 2 and uncached.stats.bytes_written == 0
+    asyncio.run(uncached.aembed_query("q"))
+    assert uncached.stats.bytes_written == 0
     emb = CachedEmbeddings(model, store, query_store=qstore)
     emb.embed_query("q")
     before = model.texts_embedded
