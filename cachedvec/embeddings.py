@@ -107,7 +107,8 @@ class CachedEmbeddings(Embeddings):
         cache_queries: bool = True,
         query_store: ByteStore | str | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        # bool is an int to Python, but batch_size=True is a mistake, not 1.
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
         self.model: EmbeddingModel = as_model(model)
         self.batch_size = batch_size
@@ -155,7 +156,7 @@ class CachedEmbeddings(Embeddings):
             underlying_embeddings,
             document_embedding_cache,
             namespace=namespace or None,
-            batch_size=batch_size or 256,
+            batch_size=256 if batch_size is None else batch_size,  # 0 is refused, not 256
             key_algorithm=key_encoder,
             cache_queries=query_embedding_cache is not False,
             query_store=None if isinstance(query_embedding_cache, bool) else query_embedding_cache,

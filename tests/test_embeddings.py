@@ -233,8 +233,12 @@ def test_bad_input() -> None:
         emb.embed_query(3)  # type: ignore[arg-type]
     with pytest.raises(InvalidTextError):
         emb.embed_documents(["\udcff"])
-    with pytest.raises(ConfigError):
-        CachedEmbeddings(model, batch_size=0)
+    for bad in (0, -1, True, 2.5, "8"):
+        with pytest.raises(ConfigError, match="batch_size"):
+            CachedEmbeddings(model, batch_size=bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="batch_size"):
+            CachedEmbeddings.from_bytes_store(model, open_store("memory://"), batch_size=bad)  # type: ignore[arg-type]
+    assert CachedEmbeddings.from_bytes_store(model, open_store("memory://")).batch_size == 256
     with pytest.raises(ConfigError):
         CachedEmbeddings(model, store=42)  # type: ignore[arg-type]
 
