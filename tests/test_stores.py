@@ -10,7 +10,7 @@ import pytest
 from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests
 
 from cachedvec import open_store
-from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
+from cachedvec.errors import ConfigError, InvalidKeyError, InvalidURLError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import CachedVecStore
 from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
@@ -143,6 +143,16 @@ def test_bad_urls_raise_clear_errors(url: str) -> None:
     with pytest.raises((InvalidURLError, StoreError)) as info:
         open_store(url)
     assert str(info.value)
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_an_unknown_option_is_a_config_error_naming_it(kind: str, make_store_url: MakeURL) -> None:
+    url = make_store_url(kind)
+    with pytest.raises(ConfigError, match="'foo'") as info:
+        open_store(url, foo=1)
+    # The URL is fine: the option is at fault, and the message names the store type.
+    assert not isinstance(info.value, InvalidURLError)
+    assert url.split("://")[0].split("+")[0] in str(info.value)
 
 
 def test_sqlite_urls_refuse_query_parameters_instead_of_ignoring_them(tmp_path: Path) -> None:

@@ -13,11 +13,12 @@ URL                                    store
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from cachedvec.errors import CachedVecError, InvalidURLError, StoreError
+from cachedvec.errors import CachedVecError, ConfigError, InvalidURLError, StoreError
 from cachedvec.stores.base import CachedVecStore
 from cachedvec.stores.memory import MemoryStore
 
@@ -56,7 +57,8 @@ def open_store(url: str, **options: Any) -> CachedVecStore:
     instead of starting an empty one (memory stores ignore it). Raises
     :class:`InvalidURLError` for an unknown scheme or malformed URL and
     :class:`StoreError` when the store cannot be opened; both name the URL
-    with any password hidden.
+    with any password hidden. An option the store does not take is a
+    :class:`ConfigError` naming it.
     """
     if not isinstance(url, str):
         raise InvalidURLError(f"a store URL must be a string, got {type(url).__name__}")
@@ -81,10 +83,12 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
     scheme = url.split("://", 1)[0].lower()
     family = scheme.split("+", 1)[0]
     if family == "memory":
+        _check_options(options, ("create",), "memory")
         return MemoryStore()
     if family == "file":
         from cachedvec.stores.file import FileStore
 
+        _check_options(options, _keyword_options(FileStore), "file")
         return FileStore(_local_path(url, scheme), **options)
     if family == "diskcache":
         from cachedvec.stores.diskcache import DiskCacheStore
@@ -96,12 +100,31 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
                 f"unknown option {unknown[0]!r} in {redact_url(url)!r}: "
                 f"diskcache URLs take {', '.join(DiskCacheStore.URL_OPTIONS)}"
             )
+        _check_options(options, _keyword_options(DiskCacheStore), "diskcache")
         return DiskCacheStore(_local_path(url, scheme), **query, **options)
     if family in ("sqlite", "postgresql", "postgres"):
         from cachedvec.stores.sql import SQLStore
 
+        _check_options(options, _keyword_options(SQLStore), family)
         return SQLStore(url, **options)
     raise InvalidURLError(
         f"unknown store scheme {scheme!r} in {redact_url(url)!r}: expected one of "
         + ", ".join(f"{s}://" for s in SCHEMES)
     )
+
+
+def _keyword_options(store_class: type) -> tuple[str, ...]:
+    """The keyword-only parameters of a store's constructor (its options)."""
+    parameters = inspect.signature(store_class).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_options(options: dict[str, Any], known: tuple[str, ...], store_type: str) -> None:
+    # Checked before the constructor runs: its TypeError would otherwise be
+    # taken for a URL problem (see open_store).
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown option {unknown[0]!r} for a {store_type} store: it takes "
+            + ", ".join(known)
+        )
