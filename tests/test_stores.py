@@ -41,6 +41,26 @@ def test_binary_values_survive_exactly(any_store: CachedVecStore) -> None:
     assert any_store.mget([k for k, _ in pairs]) == blobs
 
 
+@pytest.mark.parametrize("kind", ["memory", "file", "diskcache"])
+def test_a_value_that_is_not_bytes_is_refused_and_writes_nothing(
+    kind: str, make_store_url: MakeURL
+) -> None:
+    with open_store(make_store_url(kind)) as store:
+        with pytest.raises(StoreError, match="must be bytes, got str"):
+            store.mset([("a", b"ok"), ("k", "str")])  # type: ignore[list-item]
+        assert store.mget(["a", "k"]) == [None, None]
+
+
+@pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])  # diskcache takes bytes only
+def test_bytearray_and_memoryview_values_come_back_as_bytes(
+    kind: str, make_store_url: MakeURL
+) -> None:
+    with open_store(make_store_url(kind)) as store:
+        store.mset([("a", bytearray(b"12")), ("b", memoryview(b"34")), ("c", b"56")])
+        got = store.mget(["a", "b", "c"])
+        assert got == [b"12", b"34", b"56"] and all(type(v) is bytes for v in got)
+
+
 def test_yield_keys_with_prefix(any_store: CachedVecStore) -> None:
     keys = ["cv1:m:ab:doc:1", "cv1:m:ab:doc:2", "cv1:m:ab:query:1", "other"]
     any_store.mset([(k, b"x") for k in keys])

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from cachedvec.errors import StoreError
 from cachedvec.stores.base import CachedVecStore
+
+_BYTES_ONLY = {bytes}
 
 
 class MemoryStore(CachedVecStore):
@@ -18,7 +21,13 @@ class MemoryStore(CachedVecStore):
         return list(map(self._data.get, keys))
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
-        self._data.update(key_value_pairs)
+        batch = dict(key_value_pairs)
+        # The usual all-bytes batch is checked at C speed; anything else is
+        # copied to bytes (bytearray, memoryview, as the other stores do) or
+        # refused before anything is stored, like the file store.
+        if {*map(type, batch.values())} - _BYTES_ONLY:
+            batch = {key: _as_bytes(value) for key, value in batch.items()}
+        self._data.update(batch)
 
     def mdelete(self, keys: Sequence[str]) -> None:
         pop = self._data.pop
@@ -33,3 +42,9 @@ class MemoryStore(CachedVecStore):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise StoreError(f"memory store values must be bytes, got {type(value).__name__}")
