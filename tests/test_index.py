@@ -589,6 +589,20 @@ def test_untrained_index_needs_enough_vectors() -> None:
 # -- rebuild --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "IVF8,SQ8", "PQ8", "LSH"])
+def test_deletes_remove_vectors_for_real_except_from_graphs(factory: str) -> None:
+    # IVF indexes keep a hash-table direct map, where FAISS removes only with
+    # an IDSelectorArray: probing with another selector left them tombstoning
+    # every delete, so dead vectors piled up in memory and in saved folders.
+    index, data = build(factory, n=600, metric="l2")
+    index.delete([f"d{i}" for i in range(0, 600, 2)])
+    assert index.tombstones == 0 and index._faiss.ntotal == 300
+    assert_consistent(index)
+    assert all(int(h.id[1:]) % 2 for q in data[:20] for h in index.search(q, 5))
+    index.add(data[:1], ["again"], ids=["d0"])  # an upsert reuses nothing stale
+    assert index.search(data[0], 1)[0].id == "d0" and index._faiss.ntotal == 301
+
+
 def test_compact_drops_tombstones_and_keeps_results() -> None:
     index, data = build("HNSW16", n=500, ef_search=80)
     index.delete([f"d{i}" for i in range(100)])

@@ -204,7 +204,7 @@ class FaissIndex:
         self.read_only = lists is not None and isinstance(
             faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists
         )
-        self._removes = _can_remove(index)
+        self._selector = None if self.read_only else _removal_selector(index)
         self._tombstones: set[int] = set()
         self._exclusion: Any = None  # IDSelector over the tombstones, built lazily
 
@@ -251,7 +251,7 @@ class FaissIndex:
     @property
     def removes_for_real(self) -> bool:
         """False for graph indexes, whose deletions are tombstones."""
-        return self._removes
+        return self._selector is not None
 
     # -- vectors ----------------------------------------------------------------
 
@@ -312,8 +312,9 @@ class FaissIndex:
         if len(ids) == 0:
             return
         self._check_writable()
-        if self._removes:
-            self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, np.int64)))
+        if self._selector is not None:
+            selected = np.ascontiguousarray(ids, np.int64)  # held: a selector keeps a pointer
+            self._index.remove_ids(self._selector(selected))
         else:
             self._tombstones.update(int(i) for i in ids)
             self._exclusion = None
@@ -504,13 +505,23 @@ def _layers_and_transforms(index: faiss.Index) -> Iterator[Any]:
                 yield faiss.downcast_VectorTransform(chain.at(i))
 
 
-def _can_remove(index: faiss.Index) -> bool:
-    # Ask FAISS: an empty removal raises exactly where removal is unsupported.
-    try:
-        index.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
-    except RuntimeError:
-        return False
-    return True
+def _removal_selector(index: faiss.Index) -> Any:
+    """The IDSelector type FAISS removes ids from ``index`` with, or None (tombstones).
+
+    Ask FAISS: an empty removal raises exactly where a selector is refused.
+    IDSelectorBatch (hashed) comes first, since most indexes test every stored
+    id against it. An IVF index with a hash-table direct map (ours, for
+    reconstruction) looks each id up instead and takes only IDSelectorArray;
+    graph indexes take neither.
+    """
+    empty = np.empty(0, dtype=np.int64)
+    for selector in (faiss.IDSelectorBatch, faiss.IDSelectorArray):
+        try:
+            index.remove_ids(selector(empty))
+        except RuntimeError:
+            continue
+        return selector
+    return None
 
 
 def _positive(name: str, value: Any) -> int:
