@@ -37,6 +37,7 @@ from cachedvec.errors import ConfigError
 from cachedvec.index import Filter, Hit, Manifest, VectorIndex
 from cachedvec.index.faiss_index import check_metric
 from cachedvec.index.rerank import check_rerank
+from cachedvec.index.vector_index import check_mmr_options, check_search_options
 from cachedvec.keys import ModelFingerprint
 
 logger = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found(k, filter, kwargs)
         return self.similarity_search_with_score_by_vector(
             self._embed_query(query), k, filter, **kwargs
         )
@@ -285,7 +286,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _SEARCH_OPTIONS, "similarity_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found(k, filter, kwargs)
         hits = self._index.search(embedding, k, filter=filter, **kwargs)
         return [(_document(hit), hit.score) for hit in hits]
 
@@ -313,6 +314,7 @@ class CachedVectorStore(VectorStore):
         self._check_open()
         matrix = np.asarray(vectors, dtype=np.float32)
         if self._index is None:
+            _nothing_found(k, filter, kwargs)
             return [[] for _ in range(len(matrix))]
         rows = self._index.search_batch(matrix, k, filter=filter, **kwargs)
         return [[(_document(hit), hit.score) for hit in hits] for hits in rows]
@@ -329,7 +331,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found_mmr(k, fetch_k, lambda_mult, kwargs)
         return self.max_marginal_relevance_search_by_vector(
             self._embed_query(query), k, fetch_k, lambda_mult, **kwargs
         )
@@ -345,7 +347,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _MMR_OPTIONS, "max_marginal_relevance_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found_mmr(k, fetch_k, lambda_mult, kwargs)
         hits = self._index.mmr_search(
             embedding, k, fetch_k=fetch_k, lambda_mult=lambda_mult, filter=kwargs.get("filter")
         )
@@ -368,7 +370,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _SEARCH_OPTIONS, "asimilarity_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found(k, filter, kwargs)
         vector = await self._aembed_query(query)
         return await run_in_executor(
             None, self.similarity_search_with_score_by_vector, vector, k, filter, **kwargs
@@ -392,7 +394,7 @@ class CachedVectorStore(VectorStore):
         _no_extra(kwargs, _MMR_OPTIONS, "amax_marginal_relevance_search")
         self._check_open()
         if self._index is None:
-            return []
+            return _nothing_found_mmr(k, fetch_k, lambda_mult, kwargs)
         vector = await self._aembed_query(query)
         return await run_in_executor(
             None,
@@ -492,6 +494,20 @@ class CachedVectorStore(VectorStore):
 
     def __repr__(self) -> str:
         return f"CachedVectorStore({self._index!r})"
+
+
+def _nothing_found(k: int, filter: Filter | None, options: dict[str, Any]) -> list[Any]:
+    # No index yet, so nothing matches; but the options are checked as an
+    # index would check them, so k=0 fails before the first add as after it.
+    check_search_options(k, filter, options.get("fetch_k"))
+    return []
+
+
+def _nothing_found_mmr(
+    k: int, fetch_k: int, lambda_mult: float, options: dict[str, Any]
+) -> list[Document]:
+    check_mmr_options(k, fetch_k, lambda_mult, options.get("filter"))
+    return []
 
 
 def _document(hit: Hit) -> Document:

@@ -317,3 +317,32 @@ async def test_a_closed_store_refuses_async_calls_too(store: CachedVectorStore) 
         await store.asimilarity_search("cats")
     with pytest.raises(ConfigError, match="closed"):
         await store.aadd_texts(["x"])
+
+
+async def test_an_empty_store_checks_search_options_as_a_full_one_does(
+    store: CachedVectorStore,
+) -> None:
+    empty = CachedVectorStore(DeterministicFakeEmbedding(size=DIM))  # no index until the first add
+    assert empty.index is None
+    for vectorstore in (empty, store):
+        for k in (0, -1, True, 2.5):
+            with pytest.raises(ConfigError, match="k must be"):
+                vectorstore.similarity_search("x", k=k)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="k must be"):
+            vectorstore.similarity_search_by_vector([0.5] * DIM, k=0)
+        with pytest.raises(ConfigError, match="k must be"):
+            vectorstore.similarity_search_by_vectors(np.ones((2, DIM)), k=0)
+        with pytest.raises(ConfigError, match="fetch_k"):
+            vectorstore.similarity_search("x", fetch_k=0)
+        with pytest.raises(FilterError):
+            vectorstore.similarity_search("x", filter={"n": {"$near": 1}})
+        with pytest.raises(ConfigError, match="k must be"):
+            vectorstore.max_marginal_relevance_search("x", k=0)
+        with pytest.raises(ConfigError, match="lambda_mult"):
+            vectorstore.max_marginal_relevance_search("x", lambda_mult=2.0)
+        with pytest.raises(ConfigError, match="k must be"):
+            await vectorstore.asimilarity_search("x", k=0)
+        with pytest.raises(ConfigError, match="k must be"):
+            await vectorstore.amax_marginal_relevance_search("x", k=0)
+    assert empty.similarity_search("x", k=2) == []
+    assert empty.max_marginal_relevance_search("x", k=2) == []

@@ -406,11 +406,7 @@ class VectorIndex:
         filter: Filter | None = None,
     ) -> list[Hit]:
         """Maximal marginal relevance over the ``fetch_k`` nearest matches."""
-        _check_k(k)
-        fetch_k = max(_check_k(fetch_k, "fetch_k"), k)
-        if not 0.0 <= lambda_mult <= 1.0:
-            raise ConfigError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
-        predicate = compile_filter(filter)
+        fetch_k, predicate = check_mmr_options(k, fetch_k, lambda_mult, filter)
         matrix = self._faiss.prepare(query, "query")
         if len(matrix) != 1:
             raise ConfigError(f"mmr_search takes one query vector, got {len(matrix)}")
@@ -430,10 +426,7 @@ class VectorIndex:
         score_threshold: float | None,
         fetch_k: int | None,
     ) -> list[list[Hit]]:
-        _check_k(k)
-        predicate = compile_filter(filter)
-        if fetch_k is not None:
-            _check_k(fetch_k, "fetch_k")
+        predicate = check_search_options(k, filter, fetch_k)
         with self._lock.read():
             self._check_open()
             scores, vector_ids = self._candidates(matrix, k, predicate, fetch_k)
@@ -675,8 +668,10 @@ class VectorIndex:
         is_live = np.zeros(len(stored), dtype=bool)
         is_live[where] = True
         dead = stored[~is_live]
-        if len(dead) != counts["tombstones"] or (len(dead) and faiss_index.removes_for_real):
+        if len(dead) != counts["tombstones"]:
             raise IndexCorruptError(f"index {path}: unexpected vectors without documents")
+        # Tombstones again, or removed for real now: IVF folders saved before
+        # 2026-12-05 tombstoned their deletes too, and load without them.
         faiss_index.remove(dead)
         opened = cls.__new__(cls)
         opened._faiss = faiss_index
@@ -727,6 +722,25 @@ def _search_settings(faiss_index: FaissIndex, rerank: int | None) -> dict[str, i
     if faiss_index.nprobe is not None:
         settings["nprobe"] = faiss_index.nprobe
     return settings
+
+
+def check_search_options(k: Any, filter: Filter | None, fetch_k: Any) -> Predicate | None:
+    """Validate a search's options (an empty store checks them too); the compiled filter."""
+    _check_k(k)
+    if fetch_k is not None:
+        _check_k(fetch_k, "fetch_k")
+    return compile_filter(filter)
+
+
+def check_mmr_options(
+    k: Any, fetch_k: Any, lambda_mult: Any, filter: Filter | None
+) -> tuple[int, Predicate | None]:
+    """Validate an MMR search's options; ``(candidates to fetch, compiled filter)``."""
+    _check_k(k)
+    fetch_k = max(_check_k(fetch_k, "fetch_k"), k)
+    if not 0.0 <= lambda_mult <= 1.0:
+        raise ConfigError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
+    return fetch_k, compile_filter(filter)
 
 
 def _check_k(k: Any, name: str = "k") -> int:
