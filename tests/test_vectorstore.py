@@ -346,3 +346,20 @@ async def test_an_empty_store_checks_search_options_as_a_full_one_does(
             await vectorstore.amax_marginal_relevance_search("x", k=0)
     assert empty.similarity_search("x", k=2) == []
     assert empty.max_marginal_relevance_search("x", k=2) == []
+
+
+def test_a_zero_query_vector_is_refused_under_cosine(store: CachedVectorStore) -> None:
+    # It has no direction: every cosine score is 0 and any "nearest" is arbitrary.
+    with pytest.raises(ConfigError, match="zero vector"):
+        store.similarity_search_by_vector([0.0] * DIM)
+    with pytest.raises(ConfigError, match=r"queries\[1\] is a zero vector"):
+        store.similarity_search_by_vectors(np.vstack([np.ones(DIM), np.zeros(DIM)]))
+    with pytest.raises(ConfigError, match="zero vector"):
+        store.max_marginal_relevance_search_by_vector([0.0] * DIM)
+    assert len(store.similarity_search_by_vector([1e-3] + [0.0] * (DIM - 1), k=2)) == 2
+
+
+def test_a_zero_query_vector_is_a_valid_query_for_ip_and_l2(cached: CachedEmbeddings) -> None:
+    for metric in ("ip", "l2"):
+        vectorstore = CachedVectorStore.from_texts(TEXTS, cached, metric=metric)
+        assert len(vectorstore.similarity_search_by_vector([0.0] * DIM, k=3)) == 3

@@ -378,7 +378,7 @@ class VectorIndex:
         fetch_k: int | None = None,
     ) -> list[Hit]:
         """The ``k`` nearest documents to one query vector, closest first."""
-        matrix = self._faiss.prepare(query, "query")
+        matrix = self._queries(query, "query")
         if len(matrix) != 1:
             raise ConfigError(f"search takes one query vector, got {len(matrix)}")
         return self._search(matrix, k, filter, score_threshold, fetch_k)[0]
@@ -393,7 +393,7 @@ class VectorIndex:
         fetch_k: int | None = None,
     ) -> list[list[Hit]]:
         """One result list per query row, computed in one FAISS call."""
-        matrix = self._faiss.prepare(queries, "queries")
+        matrix = self._queries(queries, "queries")
         return self._search(matrix, k, filter, score_threshold, fetch_k)
 
     def mmr_search(
@@ -407,7 +407,7 @@ class VectorIndex:
     ) -> list[Hit]:
         """Maximal marginal relevance over the ``fetch_k`` nearest matches."""
         fetch_k, predicate = check_mmr_options(k, fetch_k, lambda_mult, filter)
-        matrix = self._faiss.prepare(query, "query")
+        matrix = self._queries(query, "query")
         if len(matrix) != 1:
             raise ConfigError(f"mmr_search takes one query vector, got {len(matrix)}")
         with self._lock.read():
@@ -417,6 +417,23 @@ class VectorIndex:
             vector_ids, scores = vector_ids[:, valid], scores[:, valid]
             picks = mmr_select(matrix[0], self._faiss.reconstruct(vector_ids[0]), k, lambda_mult)
             return self._hits(scores[:, picks], vector_ids[:, picks], None)[0]
+
+    def _queries(self, queries: npt.ArrayLike, what: str) -> Matrix:
+        """Query rows prepared for FAISS; under cosine a zero row is refused.
+
+        A zero vector has no direction, so every cosine score is 0 and the
+        "nearest" documents would be arbitrary. Normalising leaves such a row
+        (or one too small to normalise in float32) short of unit length.
+        """
+        matrix = self._faiss.prepare(queries, what)
+        if self.metric == "cosine":
+            short = np.flatnonzero(np.einsum("ij,ij->i", matrix, matrix) < 0.5)
+            if len(short):
+                raise ConfigError(
+                    f"{what}[{short[0]}] is a zero vector (or too small to normalise): it has no "
+                    "direction to compare by cosine"
+                )
+        return matrix
 
     def _search(
         self,
