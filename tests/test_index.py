@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -601,6 +602,19 @@ def test_deletes_remove_vectors_for_real_except_from_graphs(factory: str) -> Non
     assert all(int(h.id[1:]) % 2 for q in data[:20] for h in index.search(q, 5))
     index.add(data[:1], ["again"], ids=["d0"])  # an upsert reuses nothing stale
     assert index.search(data[0], 1)[0].id == "d0" and index._faiss.ntotal == 301
+
+
+def test_an_ivf_folder_saved_with_tombstones_loads_without_them(tmp_path: Path) -> None:
+    # What cachedvec saved before IVF removal worked: deletes as tombstones.
+    index, data = build("IVF8,Flat", n=600, metric="l2")
+    index._faiss._selector = None
+    index.delete([f"d{i}" for i in range(0, 600, 2)])
+    assert index.tombstones == 300
+    index.save(tmp_path / "old")
+    with VectorIndex.load(tmp_path / "old") as loaded:
+        assert loaded.tombstones == 0 and loaded._faiss.ntotal == 300
+        assert_consistent(loaded)
+        assert all(int(h.id[1:]) % 2 for q in data[:20] for h in loaded.search(q, 5))
 
 
 def test_compact_drops_tombstones_and_keeps_results() -> None:
