@@ -499,7 +499,7 @@ class CachedVectorStore(VectorStore):
 def _nothing_found(k: int, filter: Filter | None, options: dict[str, Any]) -> list[Any]:
     # No index yet, so nothing matches; but the options are checked as an
     # index would check them, so k=0 fails before the first add as after it.
-    check_search_options(k, filter, options.get("fetch_k"))
+    check_search_options(k, filter, options.get("fetch_k"), options.get("score_threshold"))
     return []
 
 

@@ -363,3 +363,16 @@ def test_a_zero_query_vector_is_a_valid_query_for_ip_and_l2(cached: CachedEmbedd
     for metric in ("ip", "l2"):
         vectorstore = CachedVectorStore.from_texts(TEXTS, cached, metric=metric)
         assert len(vectorstore.similarity_search_by_vector([0.0] * DIM, k=3)) == 3
+
+
+def test_score_threshold_must_be_a_real_number(store: CachedVectorStore) -> None:
+    empty = CachedVectorStore(DeterministicFakeEmbedding(size=DIM))
+    for vectorstore in (store, empty):
+        for bad in ("0.5", True, float("nan"), [0.5]):
+            with pytest.raises(ConfigError, match="score_threshold"):
+                vectorstore.similarity_search_with_score("q", score_threshold=bad)
+            with pytest.raises(ConfigError, match="score_threshold"):
+                vectorstore.similarity_search_by_vectors(np.ones((1, DIM)), score_threshold=bad)
+    # ints, floats and numpy scalars are all thresholds
+    for good in (0, 0.5, np.float32(0.5), float("-inf")):
+        assert store.similarity_search_with_score("the cat sat on the mat", score_threshold=good)

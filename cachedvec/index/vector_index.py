@@ -443,7 +443,7 @@ class VectorIndex:
         score_threshold: float | None,
         fetch_k: int | None,
     ) -> list[list[Hit]]:
-        predicate = check_search_options(k, filter, fetch_k)
+        predicate = check_search_options(k, filter, fetch_k, score_threshold)
         with self._lock.read():
             self._check_open()
             scores, vector_ids = self._candidates(matrix, k, predicate, fetch_k)
@@ -741,11 +741,21 @@ def _search_settings(faiss_index: FaissIndex, rerank: int | None) -> dict[str, i
     return settings
 
 
-def check_search_options(k: Any, filter: Filter | None, fetch_k: Any) -> Predicate | None:
+def check_search_options(
+    k: Any, filter: Filter | None, fetch_k: Any, score_threshold: Any = None
+) -> Predicate | None:
     """Validate a search's options (an empty store checks them too); the compiled filter."""
     _check_k(k)
     if fetch_k is not None:
         _check_k(fetch_k, "fetch_k")
+    # Compared with numpy scores: a string would fail deep inside numpy, and
+    # NaN would quietly drop every result.
+    if score_threshold is not None and (
+        isinstance(score_threshold, bool)
+        or not isinstance(score_threshold, (int, float, np.integer, np.floating))
+        or math.isnan(score_threshold)
+    ):
+        raise ConfigError(f"score_threshold must be a real number, got {score_threshold!r}")
     return compile_filter(filter)
 
 
