@@ -138,8 +138,8 @@ def test_flat_index_is_never_reranked(store_url: str, tmp_path: Path) -> None:
                     == plain.search(QUERIES[0], 5, filter={"group": 1}))
 
 
-def test_missing_or_damaged_cache_entries_fall_back_to_the_index(store_url: str,
-                                                                  tmp_path: Path) -> None:
+def test_missing_or_damaged_cache_entries_fall_back_to_the_index(
+        store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = 3000
     keys: list[str | None] = list(KEYS[:n])
     for i in range(0, n, 3):
@@ -169,6 +169,9 @@ def test_missing_or_damaged_cache_entries_fall_back_to_the_index(store_url: str,
                 assert hit.score == pytest.approx(expected, abs=1e-5)
             assert vindex._reranker is not None and vindex._reranker.fallbacks > 0
             assert all(len(hits) == 10 for hits in vindex.search_batch(QUERIES, 10))
+    # Said once, not per search: "have no usable vector in the cache".
+    said = [r for r in caplog.records if "no usable vector in the cache" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
 
 
 @pytest.mark.parametrize("factory", [PQ, "HNSW16_PQ32x4"])

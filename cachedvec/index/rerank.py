@@ -20,6 +20,7 @@ quietly degrades would hide them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from cachedvec.errors import ConfigError
 
 Matrix = np.ndarray
 Ids = np.ndarray
+
+log = logging.getLogger(__name__)
 
 _READ_BATCH = 4096
 # Candidate rows gathered per scoring step (rows x dim floats): bounds the
@@ -134,6 +137,13 @@ class CacheReranker:
                 out[positions] /= np.where(norms > 0, norms, 1)
         lacking = np.flatnonzero(~found)
         if len(lacking):
+            if not self.fallbacks:
+                # Once per store: the usual cause (an index opened with another
+                # or an emptied cache) silently turns re-ranking off.
+                log.warning(
+                    "re-ranking: %d of %d candidates have no usable vector in the cache, so "
+                    "they keep the index's approximate scores (is this the cache the index "
+                    "was built from?)", len(lacking), len(vector_ids))
             self.fallbacks += len(lacking)
             out[lacking] = reconstruct(vector_ids[lacking])  # already as the index stores
         return out
