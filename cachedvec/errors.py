@@ -33,6 +33,10 @@ class InvalidKeyError(StoreError, ValueError):
     """A key cannot be stored safely (for example it would escape a folder)."""
 
 
+class InvalidValueError(StoreError, TypeError):
+    """A value given to a byte store is not bytes (``bytearray``/``memoryview`` are)."""
+
+
 class InvalidTextError(CachedVecError, ValueError):
     """A text cannot be hashed (for example it holds a lone surrogate)."""
 

@@ -10,7 +10,13 @@ import pytest
 from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests
 
 from cachedvec import open_store
-from cachedvec.errors import ConfigError, InvalidKeyError, InvalidURLError, StoreError
+from cachedvec.errors import (
+    ConfigError,
+    InvalidKeyError,
+    InvalidURLError,
+    InvalidValueError,
+    StoreError,
+)
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import CachedVecStore
 from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
@@ -41,17 +47,20 @@ def test_binary_values_survive_exactly(any_store: CachedVecStore) -> None:
     assert any_store.mget([k for k, _ in pairs]) == blobs
 
 
-@pytest.mark.parametrize("kind", ["memory", "file", "diskcache"])
+@pytest.mark.parametrize("kind", STORE_KINDS)
 def test_a_value_that_is_not_bytes_is_refused_and_writes_nothing(
     kind: str, make_store_url: MakeURL
 ) -> None:
+    # One error type everywhere: a StoreError (cachedvec's tree) and a
+    # TypeError (Python's convention for a wrong type).
     with open_store(make_store_url(kind)) as store:
-        with pytest.raises(StoreError, match="must be bytes, got str"):
+        with pytest.raises(InvalidValueError, match="must be bytes, got str") as caught:
             store.mset([("a", b"ok"), ("k", "str")])  # type: ignore[list-item]
+        assert isinstance(caught.value, StoreError) and isinstance(caught.value, TypeError)
         assert store.mget(["a", "k"]) == [None, None]
 
 
-@pytest.mark.parametrize("kind", ["memory", "file", "sqlite"])  # diskcache takes bytes only
+@pytest.mark.parametrize("kind", STORE_KINDS)
 def test_bytearray_and_memoryview_values_come_back_as_bytes(
     kind: str, make_store_url: MakeURL
 ) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import diskcache
 
-from cachedvec.errors import InvalidKeyError, InvalidURLError, StoreError
+from cachedvec.errors import InvalidKeyError, InvalidURLError, InvalidValueError, StoreError
 from cachedvec.stores.base import CachedVecStore
 
 EVICTION_POLICIES = (
@@ -148,9 +148,11 @@ class DiskCacheStore(CachedVecStore):
             # One transaction per batch: one commit instead of one per key.
             with self._valid_keys("write to"), self.cache.transact(retry=True):
                 for key, value in key_value_pairs:
-                    if not isinstance(value, bytes):
-                        raise StoreError(f"values must be bytes, got {type(value).__name__}")
-                    self.cache.set(key, value, retry=True)
+                    if not isinstance(value, (bytes, bytearray, memoryview)):
+                        raise InvalidValueError(
+                            f"diskcache store values must be bytes, got {type(value).__name__}"
+                        )
+                    self.cache.set(key, bytes(value), retry=True)
         except StoreError:
             raise
         except Exception as exc:

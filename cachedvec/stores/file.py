@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from cachedvec.errors import InvalidKeyError, StoreError
+from cachedvec.errors import InvalidKeyError, InvalidValueError, StoreError
 from cachedvec.stores.base import CachedVecStore
 
 _MAX_NAME = 240  # stay under the common 255-byte file name limit
@@ -111,7 +111,9 @@ class FileStore(CachedVecStore):
         writes = []
         for key, value in key_value_pairs:
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise StoreError(f"file store values must be bytes, got {type(value).__name__}")
+                raise InvalidValueError(
+                    f"file store values must be bytes, got {type(value).__name__}"
+                )
             writes.append((self._path(key), bytes(value)))
         for path, value in writes:
             self._write(path, value)

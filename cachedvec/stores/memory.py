@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from cachedvec.errors import StoreError
+from cachedvec.errors import InvalidValueError
 from cachedvec.stores.base import CachedVecStore
 
 _BYTES_ONLY = {bytes}
@@ -47,4 +47,4 @@ class MemoryStore(CachedVecStore):
 def _as_bytes(value: object) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    raise StoreError(f"memory store values must be bytes, got {type(value).__name__}")
+    raise InvalidValueError(f"memory store values must be bytes, got {type(value).__name__}")

@@ -55,7 +55,14 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from cachedvec.errors import ConfigError, InvalidKeyError, InvalidURLError, SchemaError, StoreError
+from cachedvec.errors import (
+    ConfigError,
+    InvalidKeyError,
+    InvalidURLError,
+    InvalidValueError,
+    SchemaError,
+    StoreError,
+)
 from cachedvec.stores import redact_url
 from cachedvec.stores.base import OTHER_KEYS, CachedVecStore, NamespaceStats
 from cachedvec.stores.sql_schema import (
@@ -277,7 +284,9 @@ def _checked_rows(pairs: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
         if "\x00" in key:
             raise InvalidKeyError(f"store key {key!r} contains a NUL character")
         if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise TypeError(f"value of key {key!r} is {type(value).__name__}, expected bytes")
+            raise InvalidValueError(
+                f"store values must be bytes, got {type(value).__name__} for key {key!r}"
+            )
     return rows
 
 
