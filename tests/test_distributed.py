@@ -197,23 +197,19 @@ def test_bad_setups_fail_before_any_work(
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
-@pytest.mark.parametrize("workers", [0, -1, -2, 1.5, "2", True])
-def test_a_bad_worker_count_is_refused_before_any_work(tmp_path: Path, workers: Any) -> None:
-    # New text to embed: Ray itself would take -1 and choke on -2 with a traceback.
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("workers", w) for w in (0, -1, -2, 1.5, "2", True)]
+    + [("retries", r) for r in (-1, 1.5, True)],
+)
+def test_a_bad_worker_or_retry_count_is_refused_before_any_work(
+        tmp_path: Path, option: str, value: Any) -> None:
+    # New text to embed: Ray itself would take workers=-1 and choke on -2 with
+    # a traceback, and read retries=-1 as "retry forever".
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
-    with pytest.raises(ConfigError, match="workers must be a positive integer"):
+    with pytest.raises(ConfigError, match=f"{option} must be "):
         distributed.ingest([corpus], index=tmp_path / "index", store=f"sqlite:///{tmp_path}/c.db",
-                           model=fake_model("bad"), workers=workers)
-    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
-
-
-@pytest.mark.parametrize("retries", [-1, 1.5, True])
-def test_a_bad_retry_count_is_refused_before_any_work(tmp_path: Path, retries: Any) -> None:
-    # Ray would read -1 as "retry forever".
-    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
-    with pytest.raises(ConfigError, match="retries must be 0 or a positive integer"):
-        distributed.ingest([corpus], index=tmp_path / "index", store=f"sqlite:///{tmp_path}/c.db",
-                           model=fake_model("bad"), retries=retries)
+                           model=fake_model("bad"), **{option: value})
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
