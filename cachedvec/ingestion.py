@@ -41,6 +41,7 @@ from cachedvec.index.faiss_index import check_metric
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
+    index_job,
     prepare_store_url,
     progress,
     record_run,
@@ -205,7 +206,10 @@ def ingest(
     sources = [read_source(f) for f in progress(files, desc="reading", unit="file",
                                                  enabled=show_progress)]
 
-    with CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb:
+    with (
+        index_job(index_dir),
+        CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb,
+    ):
         vindex = (VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
                   if (index_dir / "manifest.json").exists() else None)
         records = load_records(index_dir)

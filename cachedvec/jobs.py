@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +20,33 @@ DEFAULT_STORE = f"sqlite:///{DEFAULT_HOME / 'cache.db'}"
 HISTORY_FILE = "history.jsonl"
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def index_job(index_dir: Path) -> Iterator[None]:
+    """Hold an index's job lock: one ingest or reindex per index at a time.
+
+    A job loads the index, changes it and saves it; two at once would each
+    save their own version and the last save would silently drop the other's
+    changes. The second job waits (and says so), then starts from the first
+    one's result. The lock file sits beside the folder, as ``.<name>.lock``,
+    so a job that fails before its first save leaves no index folder behind.
+    Readers (queries) take no lock: a save swaps the folder in atomically.
+    """
+    index_dir = Path(index_dir)
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(index_dir.parent / f".{index_dir.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another cachedvec job on %s to finish", index_dir)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def prepare_store_url(url: str) -> str:

@@ -43,7 +43,14 @@ from cachedvec.index.builder import (
     save_rebuilt,
 )
 from cachedvec.index.rerank import CacheReader, check_rerank
-from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, progress, record_run, slices
+from cachedvec.jobs import (
+    DEFAULT_INDEX,
+    DEFAULT_STORE,
+    index_job,
+    progress,
+    record_run,
+    slices,
+)
 from cachedvec.keys import ModelFingerprint
 from cachedvec.stores import open_store
 
@@ -196,17 +203,18 @@ def reindex(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 1):
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if model is not None or compute_missing:
-        if layout != "memory":
-            raise ConfigError(
-                "the on-disk layout streams vectors from the cache: first rebuild with "
-                "--model/--compute-missing, then again with --layout ondisk")
-        report = _rebuild_with_model(index_dir, factory, metric, store, model, compute_missing,
-                                     nprobe, show_progress, rerank)
-    else:
-        report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
-                                    train_size, nprobe, block_size, show_progress,
-                                    rerank)
+    if (model is not None or compute_missing) and layout != "memory":
+        raise ConfigError(
+            "the on-disk layout streams vectors from the cache: first rebuild with "
+            "--model/--compute-missing, then again with --layout ondisk")
+    with index_job(index_dir):
+        if model is not None or compute_missing:
+            report = _rebuild_with_model(index_dir, factory, metric, store, model,
+                                         compute_missing, nprobe, show_progress, rerank)
+        else:
+            report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
+                                        train_size, nprobe, block_size, show_progress,
+                                        rerank)
     report.seconds = round(time.perf_counter() - started, 3)
     report.index = str(index_dir)
     record_run(index_dir, "reindex", report.as_dict())

@@ -120,12 +120,14 @@ class Chunker:
         base = {"source": source.name}
         if source.kind == "jsonl":
             return list(self._jsonl_chunks(source, base))
-        text = source.data.decode("utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not text,
+        # and would change the first chunk's vector and break JSON Lines.
+        text = source.data.decode("utf-8-sig")
         pieces = self._splitters[source.kind].split_text(text)
         return [Chunk(p, dict(base)) for p in pieces if p.strip()]
 
     def _jsonl_chunks(self, source: Source, base: dict[str, Any]) -> Iterator[Chunk]:
-        for lineno, line in enumerate(source.data.decode("utf-8").splitlines(), 1):
+        for lineno, line in enumerate(source.data.decode("utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from cachedvec.errors import (
     SourceError,
 )
 from cachedvec.index import VectorIndex
+from cachedvec.jobs import index_job
 from cachedvec.testing import FakeEmbeddings
 
 PARAGRAPHS = [f"Paragraph {i} is about subject {i}: words alpha{i} beta{i}." for i in range(9)]
@@ -84,6 +87,52 @@ def test_removed_sources_are_deleted_by_cleanup_mode(corpus: Path, setup: dict) 
     assert full.sources.deleted == 2
     with VectorIndex.load(setup["index"]) as vindex:
         assert {r.source for r in vindex.records()} == {str((corpus / "a.md").resolve())}
+
+
+def test_a_second_job_on_an_index_waits_for_the_first(
+    corpus: Path, setup: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each job loads, changes and saves the index: without the lock, the last
+    # save silently dropped the other job's chunks.
+    finished = threading.Event()
+
+    def second() -> None:
+        cachedvec.ingest([corpus / "sub"], **setup)
+        finished.set()
+
+    with index_job(Path(setup["index"])):
+        worker = threading.Thread(target=second)
+        worker.start()
+        assert not finished.wait(1.0)  # blocked on the lock
+    worker.join(60)
+    assert finished.is_set()
+    assert any("waiting for another cachedvec job" in r.getMessage() for r in caplog.records)
+
+
+def test_two_ingest_processes_on_one_index_keep_both_sets(corpus: Path, setup: dict) -> None:
+    context = multiprocessing.get_context("fork")
+    jobs = [context.Process(target=cachedvec.ingest, args=([corpus / part],), kwargs=setup)
+            for part in ("a.md", "b.txt")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(120)
+        assert job.exitcode == 0
+    with VectorIndex.load(setup["index"]) as index:
+        assert sorted(index.sources()) == sorted(str(corpus / p) for p in ("a.md", "b.txt"))
+    assert len(json.loads((Path(setup["index"]) / "ingest.json").read_text())["sources"]) == 2
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path: Path, setup: dict) -> None:
+    corpus = tmp_path / "bom"
+    corpus.mkdir()
+    (corpus / "notes.txt").write_bytes("\ufeffBOM aardvark text".encode())
+    (corpus / "rows.jsonl").write_bytes(
+        ("\ufeff" + json.dumps({"text": "A row after a BOM.", "topic": "t"}) + "\n").encode())
+    cachedvec.ingest([corpus], **setup)
+    with VectorIndex.load(setup["index"]) as index:
+        texts = sorted(r.text for r in index.records())
+    assert texts == ["A row after a BOM.", "BOM aardvark text"]
 
 
 def test_one_path_may_be_given_alone(corpus: Path, setup: dict) -> None:
