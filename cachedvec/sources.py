@@ -2,9 +2,12 @@
 
 A *source* is one file: Markdown (``.md``, ``.markdown``), plain text
 (``.txt``, ``.text``, ``.rst``) or JSON Lines (``.jsonl``: one object a line,
-its ``text`` field embedded and its other scalar fields kept as metadata).
-A source's identity is its resolved absolute path and its version is the
-sha256 of its bytes: an unchanged file is recognised without splitting it.
+its ``text`` field embedded and its other scalar fields kept as metadata,
+except ``source``, which is always the file's path; lists, objects and
+nulls are left out). A source's identity is its resolved absolute path
+(a symlink counts as its target; symlinked folders are not followed) and
+its version is the sha256 of its bytes: an unchanged file is recognised
+without splitting it. A leading byte-order mark is not part of the text.
 
 Splitting uses langchain-text-splitters (Markdown-aware for Markdown files),
 so chunk boundaries follow headings, paragraphs and sentences.
