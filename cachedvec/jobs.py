@@ -36,8 +36,19 @@ def index_job(index_dir: Path) -> Iterator[None]:
     Readers (queries) take no lock: a save swaps the folder in atomically.
     """
     index_dir = Path(index_dir)
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(index_dir.parent / f".{index_dir.name}.lock", "a") as handle:
+    path = index_dir.parent / f".{index_dir.name}.lock"
+    try:
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError:
+        try:
+            handle = open(path)  # flock needs no write access, only the file
+        except OSError:
+            # Nothing can be created here (a read-only disk): no other job can
+            # change the index either, and a save would fail with a clear error.
+            yield
+            return
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
