@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from cachedvec.errors import CachedVecError, ConfigError, IndexCorruptError
+from cachedvec.errors import CachedVecError, ConfigError
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, read_history
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -376,7 +376,7 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
       cachedvec stats --store sqlite:///cache.db --index idx --json
     """
     from cachedvec.codec import VectorCodec
-    from cachedvec.index import read_manifest
+    from cachedvec.index import check_file_sizes, read_manifest
     from cachedvec.stores import open_store, redact_url
 
     if not indexes and (Path(DEFAULT_INDEX) / "manifest.json").exists():
@@ -395,7 +395,7 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
             lines.append(f"  {ns:<60} dim {dim}  {st.entries:>9,} entries  {st.bytes:>13,} B")
     for folder in indexes:
         manifest = read_manifest(folder)
-        _check_file_sizes(Path(folder), manifest.files)
+        check_file_sizes(folder, manifest)
         runs = [r for r in read_history(folder) if r.get("job") in ("ingest", "query")]
         hits = sum(int(r.get("cache_hits", 0)) for r in runs)
         computed = sum(int(r.get("computed", 0)) for r in runs)
@@ -411,25 +411,6 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
                      f"{info['bytes']:,} B; hit rate over {len(runs)} runs: "
                      + ("n/a" if rate is None else f"{rate:.1%}"))
     _emit(as_json, payload, "\n".join(lines))
-
-
-def _check_file_sizes(folder: Path, files: dict[str, dict[str, Any]]) -> None:
-    """A cheap health check for ``stats``: the data files the manifest lists, at their size.
-
-    Loading an index also verifies their checksums; describing one should
-    not read gigabytes, but must not call a truncated or missing file healthy.
-    """
-    for entry in files.values():
-        path = folder / str(entry.get("name"))
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise IndexCorruptError(f"{path}: {exc.strerror or exc}") from exc
-        if size != entry.get("bytes"):
-            raise IndexCorruptError(
-                f"{path} has {size:,} bytes, its manifest says {entry.get('bytes'):,}: "
-                "the index is damaged"
-            )
 
 
 def _parse_duration(text: str | None) -> float | None:

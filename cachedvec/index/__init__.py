@@ -11,7 +11,7 @@
 from cachedvec.index.docstore import DocStore, Record
 from cachedvec.index.faiss_index import METRICS, FaissIndex
 from cachedvec.index.filters import Filter, compile_filter
-from cachedvec.index.persist import Manifest, read_manifest
+from cachedvec.index.persist import Manifest, check_file_sizes, read_manifest
 from cachedvec.index.rerank import CacheReranker
 from cachedvec.index.vector_index import DeleteResult, Hit, VectorIndex
 
@@ -26,6 +26,7 @@ __all__ = [
     "Manifest",
     "Record",
     "VectorIndex",
+    "check_file_sizes",
     "compile_filter",
     "read_manifest",
 ]

@@ -387,9 +387,30 @@ def _verify_file(folder: Path, entry: Mapping[str, Any]) -> None:
     _check(path, entry, *_digest_file(path, _algorithm(entry)))
 
 
-def _check(path: Path, entry: Mapping[str, Any], size: int, digest: str) -> None:
+def check_file_sizes(folder: str | os.PathLike[str], manifest: Manifest) -> None:
+    """The cheap half of a load's checks: each data file is there, at its recorded size.
+
+    For describing an index (``cachedvec stats``) without reading gigabytes
+    to checksum it; a truncated or missing file still fails.
+    """
+    for entry in manifest.files.values():
+        path = Path(folder) / entry["name"]
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise IndexCorruptError(f"{path}: {exc.strerror or exc}") from exc
+        _check_size(path, entry, size)
+
+
+def _check_size(path: Path, entry: Mapping[str, Any], size: int) -> None:
     if size != entry["bytes"]:
-        raise IndexCorruptError(f"{path} has {size} bytes, its manifest says {entry['bytes']}")
+        raise IndexCorruptError(
+            f"{path} has {size} bytes, its manifest says {entry['bytes']}: the file is damaged"
+        )
+
+
+def _check(path: Path, entry: Mapping[str, Any], size: int, digest: str) -> None:
+    _check_size(path, entry, size)
     algorithm = _algorithm(entry)
     if digest != entry[algorithm]:
         raise IndexCorruptError(f"{path} fails its {algorithm} checksum: the file is damaged")
