@@ -53,7 +53,13 @@ import numpy as np
 from langchain_core.embeddings import Embeddings
 
 from cachedvec.embeddings import CachedEmbeddings
-from cachedvec.errors import CachedVecError, ClusterError, ConfigError, MissingVectorsError
+from cachedvec.errors import (
+    CachedVecError,
+    ClusterError,
+    ConfigError,
+    MissingVectorsError,
+    check_count,
+)
 from cachedvec.index import VectorIndex
 from cachedvec.ingestion import (
     IngestReport,
@@ -87,19 +93,6 @@ _RAY_CLIENT_PORT = 10001
 # -- checks before work starts -------------------------------------------------------
 
 
-def _check_count(name: str, value: Any) -> None:
-    """A count of workers or texts: a positive int (not a bool, which is an int to Python)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_retries(value: Any) -> None:
-    # Ray reads -1 as "retry forever", which would loop on a batch that kills
-    # every worker it reaches.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"retries must be 0 or a positive integer, got {value!r}")
-
-
 def _ray() -> Any:
     try:
         import ray
@@ -114,7 +107,7 @@ def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bo
     Returns True when this call connected (the caller then shuts Ray down),
     False when Ray was already initialised in this process.
     """
-    _check_count("workers", workers)
+    check_count("workers", workers)
     ray = _ray()
     if address not in (None, "auto", "local"):
         _check_reachable(address)
@@ -281,9 +274,9 @@ def embed_dataset(
     that dies is restarted and its batch retried up to ``retries`` times.
     Call :func:`connect` first (or ``ray.init``); the store is checked here.
     """
-    _check_count("workers", workers)
-    _check_count("batch_size", batch_size)
-    _check_retries(retries)
+    check_count("workers", workers)
+    check_count("batch_size", batch_size)
+    check_count("retries", retries, minimum=0)  # Ray reads -1 as "retry forever"
     _check_model_spec(model)
     store = shared_store_url(store)
     open_store(store).close()  # a wrong password or missing schema fails here, not in a worker
@@ -432,9 +425,9 @@ def ingest(
     paths = as_paths(paths)
     # Here, not only in embed_dataset: Ray meets the count only when some text needs
     # embedding, so a bad one passed unnoticed on other runs or failed mid-job.
-    _check_count("workers", workers)
-    _check_count("batch_size", batch_size)
-    _check_retries(retries)
+    check_count("workers", workers)
+    check_count("batch_size", batch_size)
+    check_count("retries", retries, minimum=0)  # Ray reads -1 as "retry forever"
     _check_model_spec(model)
     refuse_private_store(store)  # before connecting: the cheapest mistake to catch
     check_index_type(Path(index), factory, metric)  # not after the cluster embedded

@@ -23,7 +23,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.stores import BaseStore, ByteStore
 
 from cachedvec.codec import Dtype, Matrix, VectorCodec
-from cachedvec.errors import ConfigError, ModelOutputError
+from cachedvec.errors import ConfigError, ModelOutputError, check_count
 from cachedvec.keys import KeyEncoder, Kind, ModelFingerprint, check_namespace
 from cachedvec.models import EmbeddingModel, as_model
 from cachedvec.stores import open_store
@@ -107,9 +107,7 @@ class CachedEmbeddings(Embeddings):
         cache_queries: bool = True,
         query_store: ByteStore | str | None = None,
     ) -> None:
-        # bool is an int to Python, but batch_size=True is a mistake, not 1.
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_count("batch_size", batch_size)
         self.model: EmbeddingModel = as_model(model)
         self.batch_size = batch_size
         self.cache_queries = cache_queries

@@ -3,10 +3,14 @@
 Callers catch :class:`CachedVecError` to handle any cachedvec failure; the
 subclasses say which boundary rejected the input. Several also derive from
 the built-in they specialise (``ValueError``, ``KeyError``...) so code
-written against plain Python conventions keeps working.
+written against plain Python conventions keeps working. :func:`check_count`
+is the one check of a count argument (workers, batch sizes, k...).
 """
 
 from __future__ import annotations
+
+import numbers
+from typing import Any
 
 
 class CachedVecError(Exception):
@@ -87,3 +91,15 @@ class SourceError(CachedVecError):
 
 class ClusterError(CachedVecError):
     """A Ray cluster cannot be reached or used for distributed ingestion."""
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as an int of at least ``minimum``, else a :class:`ConfigError` naming ``name``.
+
+    A bool is refused although Python counts it as an int: ``workers=True``
+    is a mistake, not 1. numpy integers are accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"{minimum} or a positive integer"
+        raise ConfigError(f"{name} must be {wanted}, got {value!r}")
+    return int(value)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from cachedvec.embeddings import CachedEmbeddings
-from cachedvec.errors import ConfigError, IndexMismatchError, MissingVectorsError
+from cachedvec.errors import ConfigError, IndexMismatchError, MissingVectorsError, check_count
 from cachedvec.index import DocStore, Record, VectorIndex
 from cachedvec.index.builder import (
     DEFAULT_BLOCK_SIZE,
@@ -200,9 +200,8 @@ def reindex(
         check_rerank(rerank)  # refuse a bad factor before any work
     for name, value in (("batch_size", batch_size), ("train_size", train_size),
                         ("nprobe", nprobe)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if value is not None:
+            check_count(name, value)
     if (model is not None or compute_missing) and layout != "memory":
         raise ConfigError(
             "the on-disk layout streams vectors from the cache: first rebuild with "

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from cachedvec.errors import ConfigError, IndexCorruptError
+from cachedvec.errors import ConfigError, IndexCorruptError, check_count
 from cachedvec.index import persist
 from cachedvec.index.docstore import DocStore, Record, parse_metadata
 from cachedvec.index.faiss_index import FaissIndex, Ids, Matrix
@@ -771,9 +771,7 @@ def check_mmr_options(
 
 
 def _check_k(k: Any, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {k!r}")
-    return int(k)
+    return check_count(name, k)
 
 
 def _check_id(value: Any, position: int) -> str:
