@@ -206,8 +206,9 @@ class SqliteBlobs:
         for start in range(0, len(keys), SQLITE_MAX_PARAMS):
             chunk = keys[start : start + SQLITE_MAX_PARAMS]
             marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT key, value FROM t WHERE key IN ({marks})",
-                                           chunk))
+            found.update(
+                self.conn.execute(f"SELECT key, value FROM t WHERE key IN ({marks})", chunk)
+            )
         get = found.get
         return [get(k) for k in keys]
 
@@ -229,7 +230,9 @@ class HandWritten:
     """The minimal pipeline: hash, read blobs, join into one matrix; embed what is missing."""
 
     BACKENDS: dict[str, Callable[[Path], Any]] = {
-        "memory": DictBlobs, "file": FileBlobs, "sqlite": SqliteBlobs,
+        "memory": DictBlobs,
+        "file": FileBlobs,
+        "sqlite": SqliteBlobs,
     }
 
     def __init__(self, model: HashEmbedder, kind: str, folder: Path) -> None:
@@ -273,11 +276,17 @@ class Side:
         self.side, self.kind, self.folder = side, kind, folder
         folder.mkdir(parents=True)
         if side.startswith("cachedvec"):
-            url = {"memory": "memory://", "file": f"file://{folder}/store",
-                   "sqlite": f"sqlite:///{folder}/cache.db"}[kind]
+            url = {
+                "memory": "memory://",
+                "file": f"file://{folder}/store",
+                "sqlite": f"sqlite:///{folder}/cache.db",
+            }[kind]
             self.impl: Any = CachedEmbeddings(model, url)
-            self.documents = (self.impl.embed_documents if side == "cachedvec-list"
-                              else self.impl.embed_documents_array)
+            self.documents = (
+                self.impl.embed_documents
+                if side == "cachedvec-list"
+                else self.impl.embed_documents_array
+            )
         elif side == "langchain":
             if kind == "memory":
                 store: Any = InMemoryByteStore()
@@ -288,7 +297,10 @@ class Side:
                 store.create_schema()
             self.lc_store = store
             self.impl = CacheBackedEmbeddings.from_bytes_store(
-                model, store, namespace="bench-hash-embedder", key_encoder="sha256",
+                model,
+                store,
+                namespace="bench-hash-embedder",
+                key_encoder="sha256",
                 query_embedding_cache=True,
             )
             self.documents = self.impl.embed_documents
@@ -385,8 +397,9 @@ class Results:
         return self.best.get((metric, kind, side))
 
 
-def run_store(kind: str, texts: list[str], queries: list[str], repeat: int,
-              work: Path, res: Results) -> None:
+def run_store(
+    kind: str, texts: list[str], queries: list[str], repeat: int, work: Path, res: Results
+) -> None:
     model = HashEmbedder()
     expected = model.embed_documents_array(texts)
     for r in range(repeat):
@@ -412,11 +425,11 @@ def run_store(kind: str, texts: list[str], queries: list[str], repeat: int,
             if side != "cachedvec-list":
                 for q in queries:
                     s.query(q)
-                hits = latencies_us(s.query, [queries[i % len(queries)]
-                                              for i in range(QUERY_HITS)])
+                hits = latencies_us(s.query, [queries[i % len(queries)] for i in range(QUERY_HITS)])
                 res.low("query_hit_us", kind, side, statistics.median(hits))
-                res.low("query_miss_us", kind, side, statistics.median(
-                    latencies_us(s.query, misses)))
+                res.low(
+                    "query_miss_us", kind, side, statistics.median(latencies_us(s.query, misses))
+                )
             s.close()
             if kind != "memory" and side != "cachedvec-list":
                 allocated, apparent = disk_usage(s.folder)
@@ -454,24 +467,32 @@ def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
-def report(res: Results, kinds: list[str], n: int, repeat: int,
-           clock: str) -> list[tuple[str, bool]]:
+def report(
+    res: Results, kinds: list[str], n: int, repeat: int, clock: str
+) -> list[tuple[str, bool]]:
     def tput(metric: str, kind: str, side: str) -> float | None:
         t = res.get(metric, kind, side)
         return n / t if t else None
 
-    print(f"\n## cachedvec cache benchmark: {n:,} texts, dim {DIM}, best of {repeat}, "
-          f"{clock} clock\n")
-    print("Throughput, texts/s (array = `embed_documents_array`, list = `embed_documents`; "
-          "LangChain = `CacheBackedEmbeddings.embed_documents`):\n")
-    print("| store | pass | cachedvec array | cachedvec list | LangChain | hand-written "
-          "| array / LangChain | array / hand-written |")
+    print(
+        f"\n## cachedvec cache benchmark: {n:,} texts, dim {DIM}, best of {repeat}, {clock} clock\n"
+    )
+    print(
+        "Throughput, texts/s (array = `embed_documents_array`, list = `embed_documents`; "
+        "LangChain = `CacheBackedEmbeddings.embed_documents`):\n"
+    )
+    print(
+        "| store | pass | cachedvec array | cachedvec list | LangChain | hand-written "
+        "| array / LangChain | array / hand-written |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind in kinds:
         for metric, label in (("cold", "cold"), ("warm", "warm"), ("half", "50% hits")):
             cv, cvl, lc, hw = (tput(metric, kind, s) for s in SIDES)
-            print(f"| {kind} | {label} | {fmt(cv)} | {fmt(cvl)} | {fmt(lc)} | {fmt(hw)} "
-                  f"| {ratio(cv, lc)} | {ratio(cv, hw)} |")
+            print(
+                f"| {kind} | {label} | {fmt(cv)} | {fmt(cvl)} | {fmt(lc)} | {fmt(hw)} "
+                f"| {ratio(cv, lc)} | {ratio(cv, hw)} |"
+            )
 
     raw_a, raw_l = res.get("raw_array", "-", "-"), res.get("raw_list", "-", "-")
     assert raw_a is not None and raw_l is not None
@@ -480,72 +501,106 @@ def report(res: Results, kinds: list[str], n: int, repeat: int,
         t = res.get("cold", kind, side)
         return None if t is None else (t - raw) / n * 1e6
 
-    print(f"\nCold-path overhead over the raw model, us/text (raw model: "
-          f"{raw_a / n * 1e6:.2f} us/text as an array, {raw_l / n * 1e6:.2f} as float lists; "
-          "array paths are charged against the first, list paths against the second):\n")
-    print("| store | cachedvec array | cachedvec list | LangChain | hand-written "
-          "| LangChain / cachedvec array |")
+    print(
+        f"\nCold-path overhead over the raw model, us/text (raw model: "
+        f"{raw_a / n * 1e6:.2f} us/text as an array, {raw_l / n * 1e6:.2f} as float lists; "
+        "array paths are charged against the first, list paths against the second):\n"
+    )
+    print(
+        "| store | cachedvec array | cachedvec list | LangChain | hand-written "
+        "| LangChain / cachedvec array |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for kind in kinds:
         cv = overhead(kind, "cachedvec", raw_a)
         cvl = overhead(kind, "cachedvec-list", raw_l)
         lc = overhead(kind, "langchain", raw_l)
         hw = overhead(kind, "hand-written", raw_a)
-        print(f"| {kind} | {fmt(cv, 1)} | {fmt(cvl, 1)} | {fmt(lc, 1)} | {fmt(hw, 1)} "
-              f"| {ratio(lc, cv)} |")
+        print(
+            f"| {kind} | {fmt(cv, 1)} | {fmt(cvl, 1)} | {fmt(lc, 1)} | {fmt(hw, 1)} "
+            f"| {ratio(lc, cv)} |"
+        )
 
     print("\nList API against the array path plus `ndarray.tolist()` (warm, ms for all texts):\n")
-    print("| store | `embed_documents` | `embed_documents_array` | `.tolist()` "
-          "| list / (array + tolist) |")
+    print(
+        "| store | `embed_documents` | `embed_documents_array` | `.tolist()` "
+        "| list / (array + tolist) |"
+    )
     print("|---|---:|---:|---:|---:|")
     for kind in kinds:
         lst, arr = res.get("list", kind, "cachedvec"), res.get("warm", kind, "cachedvec")
         tol = res.get("tolist", kind, "cachedvec")
         floor = None if arr is None or tol is None else arr + tol
-        print(f"| {kind} | {fmt(lst and lst * 1e3, 1)} | {fmt(arr and arr * 1e3, 1)} "
-              f"| {fmt(tol and tol * 1e3, 1)} | {ratio(lst, floor)} |")
+        print(
+            f"| {kind} | {fmt(lst and lst * 1e3, 1)} | {fmt(arr and arr * 1e3, 1)} "
+            f"| {fmt(tol and tol * 1e3, 1)} | {ratio(lst, floor)} |"
+        )
 
     disk_kinds = [k for k in kinds if k != "memory"]
     if disk_kinds:
-        print(f"\nBytes on disk per vector after close: the bytes the store wrote (apparent "
-              f"file sizes), allocated blocks incl. folders in brackets; raw float32 = "
-              f"{RAW_BYTES} B. Ratios are of the bytes written:\n")
-        print("| store | cachedvec | LangChain | hand-written | cachedvec / raw "
-              "| cachedvec / LangChain |")
+        print(
+            f"\nBytes on disk per vector after close: the bytes the store wrote (apparent "
+            f"file sizes), allocated blocks incl. folders in brackets; raw float32 = "
+            f"{RAW_BYTES} B. Ratios are of the bytes written:\n"
+        )
+        print(
+            "| store | cachedvec | LangChain | hand-written | cachedvec / raw "
+            "| cachedvec / LangChain |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for kind in disk_kinds:
-            cells = [f"{fmt(res.get('apparent_B', kind, s))} ({fmt(res.get('disk_B', kind, s))})"
-                     for s in ("cachedvec", "langchain", "hand-written")]
+            cells = [
+                f"{fmt(res.get('apparent_B', kind, s))} ({fmt(res.get('disk_B', kind, s))})"
+                for s in ("cachedvec", "langchain", "hand-written")
+            ]
             cv = res.get("apparent_B", kind, "cachedvec")
             lc = res.get("apparent_B", kind, "langchain")
             print(f"| {kind} | {' | '.join(cells)} | {ratio(cv, RAW_BYTES)} | {ratio(cv, lc)} |")
-        print(f"\nAllocated space has a floor: a 4 KiB filesystem block per file makes any "
-              f"one-file-per-key store at least {4096 / RAW_BYTES:.2f}x raw float32 at dim {DIM}.")
+        print(
+            f"\nAllocated space has a floor: a 4 KiB filesystem block per file makes any "
+            f"one-file-per-key store at least {4096 / RAW_BYTES:.2f}x raw float32 at dim {DIM}."
+        )
 
-    print(f"\n`embed_query` median latency, wall-clock us ({QUERY_HITS} hits over {QUERY_POOL} "
-          f"cached queries; {QUERY_MISSES} misses, each computed and written):\n")
-    print("| store | cachedvec hit | LangChain hit | hand-written hit | cachedvec miss "
-          "| LangChain miss | hand-written miss | hit: LangChain / cachedvec |")
+    print(
+        f"\n`embed_query` median latency, wall-clock us ({QUERY_HITS} hits over {QUERY_POOL} "
+        f"cached queries; {QUERY_MISSES} misses, each computed and written):\n"
+    )
+    print(
+        "| store | cachedvec hit | LangChain hit | hand-written hit | cachedvec miss "
+        "| LangChain miss | hand-written miss | hit: LangChain / cachedvec |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kind in kinds:
         sides = ("cachedvec", "langchain", "hand-written")
         hit = [res.get("query_hit_us", kind, s) for s in sides]
         miss = [res.get("query_miss_us", kind, s) for s in sides]
-        print(f"| {kind} | {' | '.join(fmt(v, 1) for v in hit + miss)} "
-              f"| {ratio(hit[1], hit[0])} |")
+        print(f"| {kind} | {' | '.join(fmt(v, 1) for v in hit + miss)} | {ratio(hit[1], hit[0])} |")
 
-    calls = {s: res.get("calls_per_unique", "memory", s)
-             for s in ("cachedvec", "cachedvec-list", "langchain")}
-    print("\nModel calls per unique text, 10% duplicate texts in one call (memory store): "
-          + ", ".join(f"{s} {fmt(v, 3)}" for s, v in calls.items()) + "\n")
+    calls = {
+        s: res.get("calls_per_unique", "memory", s)
+        for s in ("cachedvec", "cachedvec-list", "langchain")
+    }
+    print(
+        "\nModel calls per unique text, 10% duplicate texts in one call (memory store): "
+        + ", ".join(f"{s} {fmt(v, 3)}" for s, v in calls.items())
+        + "\n"
+    )
 
     def at_least(name: str, value: float | None, target: float, unit: str = "x") -> None:
-        checks.append((f"{name}: {fmt(value, 2)}{unit} (target >= {target:g}{unit})",
-                       value is not None and value >= target))
+        checks.append(
+            (
+                f"{name}: {fmt(value, 2)}{unit} (target >= {target:g}{unit})",
+                value is not None and value >= target,
+            )
+        )
 
     def at_most(name: str, value: float | None, target: float, unit: str) -> None:
-        checks.append((f"{name}: {fmt(value, 2)}{unit} (target <= {target:g}{unit})",
-                       value is not None and value <= target))
+        checks.append(
+            (
+                f"{name}: {fmt(value, 2)}{unit} (target <= {target:g}{unit})",
+                value is not None and value <= target,
+            )
+        )
 
     def speedup(kind: str, other: str) -> float | None:
         a, b = res.get("warm", kind, other), res.get("warm", kind, "cachedvec")
@@ -557,28 +612,42 @@ def report(res: Results, kinds: list[str], n: int, repeat: int,
             at_least(f"warm array vs LangChain, {kind}", speedup(kind, "langchain"), target)
     for kind in ("memory", "sqlite"):
         if kind in kinds:
-            at_least(f"warm array vs hand-written ceiling, {kind}",
-                     speedup(kind, "hand-written"), 0.6)
+            at_least(
+                f"warm array vs hand-written ceiling, {kind}", speedup(kind, "hand-written"), 0.6
+            )
     for kind in kinds:
         lst, arr = res.get("list", kind, "cachedvec"), res.get("warm", kind, "cachedvec")
         tol = res.get("tolist", kind, "cachedvec")
         value = None if lst is None or arr is None or tol is None else lst / (arr + tol)
         at_most(f"list API / (array + tolist), {kind}", value, 1.3, "x")
     if "memory" in kinds:
-        at_most("cold overhead, array path, memory", overhead("memory", "cachedvec", raw_a),
-                10, " us/text")
+        at_most(
+            "cold overhead, array path, memory",
+            overhead("memory", "cachedvec", raw_a),
+            10,
+            " us/text",
+        )
     for kind in disk_kinds:
         cv = res.get("apparent_B", kind, "cachedvec")
-        at_most(f"bytes written per vector / raw float32, {kind}",
-                None if cv is None else cv / RAW_BYTES, 1.4, "x")
+        at_most(
+            f"bytes written per vector / raw float32, {kind}",
+            None if cv is None else cv / RAW_BYTES,
+            1.4,
+            "x",
+        )
     for side in ("cachedvec", "cachedvec-list"):
         value = calls[side]
-        checks.append((f"model calls per unique text, {side}: {fmt(value, 3)} (target 1.000)",
-                       value == 1.0))
+        checks.append(
+            (f"model calls per unique text, {side}: {fmt(value, 3)} (target 1.000)", value == 1.0)
+        )
     for kind, target in (("memory", 25), ("sqlite", 100)):
         if kind in kinds:
-            at_most(f"embed_query hit median, {kind}", res.get("query_hit_us", kind, "cachedvec"),
-                    target, " us")
+            at_most(
+                f"embed_query hit median, {kind}",
+                res.get("query_hit_us", kind, "cachedvec"),
+                target,
+                " us",
+            )
     for line, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {line}")
     return checks
@@ -588,12 +657,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="number of texts (default 20000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept")
-    parser.add_argument("--stores", default=",".join(STORES),
-                        help="comma-separated store kinds: memory,file,sqlite")
+    parser.add_argument(
+        "--stores", default=",".join(STORES), help="comma-separated store kinds: memory,file,sqlite"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated texts")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall clock (default) or this process's CPU time, which "
-                             "ignores other load on the machine but also disk waits")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall clock (default) or this process's CPU time, which "
+        "ignores other load on the machine but also disk waits",
+    )
     args = parser.parse_args(argv)
     if args.clock == "cpu":
         CLOCK.use_cpu()

@@ -49,8 +49,10 @@ def write_corpus(folder: Path, chunks: int) -> list[Path]:
     folder.mkdir(parents=True)
     files = []
     for f in range(0, chunks, PER_FILE):
-        texts = [f"{base[(f + i) % len(base)][:700]} (part {f + i})"
-                 for i in range(min(PER_FILE, chunks - f))]
+        texts = [
+            f"{base[(f + i) % len(base)][:700]} (part {f + i})"
+            for i in range(min(PER_FILE, chunks - f))
+        ]
         path = folder / f"doc{f // PER_FILE:05d}.txt"
         path.write_text("\n\n".join(texts), "utf-8")
         files.append(path)
@@ -66,8 +68,12 @@ def timed(fn):  # type: ignore[no-untyped-def]
 def ingest_part(work: Path, chunks: int) -> list[str]:
     corpus = work / "corpus"
     files = write_corpus(corpus, chunks)
-    where = {"index": str(work / "index"), "store": f"sqlite:///{work}/cache.db",
-             "chunk_size": 760, "chunk_overlap": 0}
+    where = {
+        "index": str(work / "index"),
+        "store": f"sqlite:///{work}/cache.db",
+        "chunk_size": 760,
+        "chunk_overlap": 0,
+    }
     first, t_first = timed(lambda: cachedvec.ingest([corpus], **where))
     again, t_again = timed(lambda: cachedvec.ingest([corpus], **where))
     edited = random.Random(0).sample(files, max(1, len(files) // 100))
@@ -102,11 +108,11 @@ def reindex_part(work: Path, n: int, dim: int = 384) -> list[str]:
     codec = VectorCodec(dim)
     with open_store(url) as store:
         for s in range(0, n, 5000):
-            store.mset(list(zip(keys[s:s + 5000], codec.encode_many(vectors[s:s + 5000]),
-                                strict=True)))
+            store.mset(
+                list(zip(keys[s : s + 5000], codec.encode_many(vectors[s : s + 5000]), strict=True))
+            )
     index = VectorIndex(dim, factory="Flat")
-    index.add(vectors, [f"t{i}" for i in range(n)], ids=[str(i) for i in range(n)],
-              cache_keys=keys)
+    index.add(vectors, [f"t{i}" for i in range(n)], ids=[str(i) for i in range(n)], cache_keys=keys)
     index.save(work / "vidx")
     index.close()
 

@@ -127,8 +127,13 @@ def build_cache_and_index(data: Synthetic, n: int, store: str, folder: Path) -> 
     with VectorIndex(DIM, factory="Flat", fingerprint=FINGERPRINT) as vindex:
         for start, vectors in data.blocks(n):
             ids = range(start, start + len(vectors))
-            vindex.add(vectors, [f"synthetic document {i}" for i in ids], None,
-                       ids=[f"d{i}" for i in ids], cache_keys=[key(i) for i in ids])
+            vindex.add(
+                vectors,
+                [f"synthetic document {i}" for i in ids],
+                None,
+                ids=[f"d{i}" for i in ids],
+                cache_keys=[key(i) for i in ids],
+            )
         vindex.save(folder)
     return {"cache_seconds": cached, "index_seconds": time.perf_counter() - started}
 
@@ -138,8 +143,15 @@ def exact_top10(data: Synthetic, n: int, queries: np.ndarray) -> np.ndarray:
     best_ids = np.empty((len(queries), 0), dtype=np.int64)
     for start, vectors in data.blocks(n):
         scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)
-        ids = np.concatenate([best_ids, np.broadcast_to(
-            np.arange(start, start + len(vectors)), (len(queries), len(vectors)))], axis=1)
+        ids = np.concatenate(
+            [
+                best_ids,
+                np.broadcast_to(
+                    np.arange(start, start + len(vectors)), (len(queries), len(vectors))
+                ),
+            ],
+            axis=1,
+        )
         order = np.argsort(-scores, axis=1)[:, :10]
         best_scores = np.take_along_axis(scores, order, axis=1)
         best_ids = np.take_along_axis(ids, order, axis=1)
@@ -170,37 +182,62 @@ def child_reindex(options: dict[str, Any]) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    report = reindex(options["index"], store=options["store"], factory=options["factory"],
-                     layout=options["layout"], show_progress=False)
+    report = reindex(
+        options["index"],
+        store=options["store"],
+        factory=options["factory"],
+        layout=options["layout"],
+        show_progress=False,
+    )
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-    print(json.dumps({"seconds": seconds, "trained_on": report.trained_on,
-                      "peak_rss_growth": (peak_rss - base_rss) * 1024,
-                      "peak_anon_growth": (max(peak_anon[0], base_anon) - base_anon) * 1024}))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "trained_on": report.trained_on,
+                "peak_rss_growth": (peak_rss - base_rss) * 1024,
+                "peak_anon_growth": (max(peak_anon[0], base_anon) - base_anon) * 1024,
+            }
+        )
+    )
 
 
 def rebuild(index: Path, store: str, factory: str, layout: str) -> dict[str, Any]:
     options = {"index": str(index), "store": store, "factory": factory, "layout": layout}
-    result = subprocess.run([sys.executable, __file__, "--child", json.dumps(options)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(options)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode:
         raise SystemExit(f"rebuild failed:\n{result.stderr[-3000:]}")
     measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     files = {p.name: p.stat().st_size for p in index.iterdir() if p.is_file()}
-    measured["index_bytes"] = sum(size for name, size in files.items()
-                                  if name.startswith(("index-", "lists-")))
-    measured["folder_bytes"] = sum(size for name, size in files.items()
-                                   if name.startswith(("index-", "lists-", "docstore-")))
+    measured["index_bytes"] = sum(
+        size for name, size in files.items() if name.startswith(("index-", "lists-"))
+    )
+    measured["folder_bytes"] = sum(
+        size for name, size in files.items() if name.startswith(("index-", "lists-", "docstore-"))
+    )
     return measured
 
 
-def search_quality(index: Path, queries: np.ndarray, truth: np.ndarray, store: str | None = None,
-                   rerank: int | None = None) -> dict[str, float]:
+def search_quality(
+    index: Path,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    store: str | None = None,
+    rerank: int | None = None,
+) -> dict[str, float]:
     """Recall and queries/s; with ``store``, re-ranking from it (factor: saved, or ``rerank``)."""
-    with (open_store(store) if store else _no_store()) as opened, \
-            VectorIndex.load(index, cache=opened) as vindex:
+    with (
+        open_store(store) if store else _no_store() as opened,
+        VectorIndex.load(index, cache=opened) as vindex,
+    ):
         if rerank is not None:
             vindex.rerank = rerank
         factor = vindex.rerank if vindex.reranking else 0
@@ -211,8 +248,13 @@ def search_quality(index: Path, queries: np.ndarray, truth: np.ndarray, store: s
     found = [[int(hit.id[1:]) for hit in row] for row in hits]
     overlap = [len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)]
     first = [t[0] in f for f, t in zip(found, truth, strict=True)]
-    return {"recall": float(np.mean(overlap)), "recall_1": float(np.mean(first)), "qps": qps,
-            "nprobe": nprobe or 0, "rerank": factor or 0}
+    return {
+        "recall": float(np.mean(overlap)),
+        "recall_1": float(np.mean(first)),
+        "qps": qps,
+        "nprobe": nprobe or 0,
+        "rerank": factor or 0,
+    }
 
 
 @contextlib.contextmanager
@@ -226,21 +268,27 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
     store, folder = f"sqlite:///{work}/cache.db", work / "index"
     print(f"## Streaming rebuild: {n:,} cached {DIM}-d vectors into {factory}\n", flush=True)
     setup = build_cache_and_index(data, n, store, folder)
-    print(f"cache written in {setup['cache_seconds']:.0f}s "
-          f"({n / setup['cache_seconds']:,.0f} vectors/s; "
-          f"{(work / 'cache.db').stat().st_size / 2**20:,.0f} MiB), Flat index saved in "
-          f"{setup['index_seconds']:.0f}s", flush=True)
+    print(
+        f"cache written in {setup['cache_seconds']:.0f}s "
+        f"({n / setup['cache_seconds']:,.0f} vectors/s; "
+        f"{(work / 'cache.db').stat().st_size / 2**20:,.0f} MiB), Flat index saved in "
+        f"{setup['index_seconds']:.0f}s",
+        flush=True,
+    )
     queries = data.queries(args.queries)
     started = time.perf_counter()
     truth = exact_top10(data, n, queries)
-    print(f"exact top-10 of {args.queries} queries in {time.perf_counter() - started:.0f}s\n",
-          flush=True)
+    print(
+        f"exact top-10 of {args.queries} queries in {time.perf_counter() - started:.0f}s\n",
+        flush=True,
+    )
     matrix = n * DIM * 4
     rows, verdicts = [], []
     runs = [(factory, layout) for layout in args.layouts.split(",")]
     compare = ivf_pq_factory(n, DIM) if args.compare is None else args.compare
     if compare:
         runs.append((compare, "memory"))
+
     def row(built: str, layout: str, measured: dict[str, Any], quality: dict[str, float]) -> str:
         return (
             f"| {built} | {layout} | {measured['seconds']:.0f} | {measured['trained_on']:,} | "
@@ -248,7 +296,8 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
             f"{measured['peak_anon_growth'] / 2**20:,.0f} | "
             f"{measured['peak_rss_growth'] / 2**20:,.0f} | "
             f"{quality['recall']:.3f} | {quality['recall_1']:.3f} | {quality['nprobe']} | "
-            f"{quality['rerank'] or 'off'} | {quality['qps']:,.0f} |")
+            f"{quality['rerank'] or 'off'} | {quality['qps']:,.0f} |"
+        )
 
     for built, layout in runs:
         measured = rebuild(folder, store, built, layout)
@@ -260,33 +309,48 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
             rows.append(row(built, layout, measured, plain))
             for factor in args.rerank_factors:
                 if factor != quality["rerank"]:
-                    rows.append(row(built, layout, measured,
-                                    search_quality(folder, queries, truth, store, factor)))
+                    rows.append(
+                        row(
+                            built,
+                            layout,
+                            measured,
+                            search_quality(folder, queries, truth, store, factor),
+                        )
+                    )
             if quality["rerank"]:
                 verdicts.append(
                     f"{'PASS' if quality['recall'] >= 0.90 else 'FAIL'} [{built}, comparison] "
                     f"10-recall@10 {quality['recall']:.3f} with the default re-rank "
                     f"({quality['rerank']} candidates per result from the cache; "
                     f"{quality['qps']:,.0f} queries/s) against {plain['recall']:.3f} without "
-                    f"({plain['qps']:,.0f} queries/s) (target >= 0.90 at 1M; this run: {n:,})")
+                    f"({plain['qps']:,.0f} queries/s) (target >= 0.90 at 1M; this run: {n:,})"
+                )
             below = " (below 0.90)" if plain["recall"] < 0.90 else ""
-            verdicts.append(f"INFO [{built}, comparison] without re-ranking 10-recall@10 "
-                            f"{plain['recall']:.3f}{below}, 1-recall@10 {plain['recall_1']:.3f}, "
-                            f"index {measured['index_bytes'] / 2**20:,.0f} MiB, peak anonymous "
-                            f"memory growth {ratio:.2f}x the folder")
+            verdicts.append(
+                f"INFO [{built}, comparison] without re-ranking 10-recall@10 "
+                f"{plain['recall']:.3f}{below}, 1-recall@10 {plain['recall_1']:.3f}, "
+                f"index {measured['index_bytes'] / 2**20:,.0f} MiB, peak anonymous "
+                f"memory growth {ratio:.2f}x the folder"
+            )
             continue
-        verdicts.append(f"{'PASS' if ratio < 2 else 'FAIL'} [{layout}] peak anonymous memory "
-                        f"growth {ratio:.2f}x the final index folder (target < 2x; "
-                        f"{measured['peak_anon_growth'] / measured['index_bytes']:.2f}x the "
-                        f"FAISS files alone; the float32 matrix would be "
-                        f"{matrix / measured['folder_bytes']:.1f}x the folder)")
+        verdicts.append(
+            f"{'PASS' if ratio < 2 else 'FAIL'} [{layout}] peak anonymous memory "
+            f"growth {ratio:.2f}x the final index folder (target < 2x; "
+            f"{measured['peak_anon_growth'] / measured['index_bytes']:.2f}x the "
+            f"FAISS files alone; the float32 matrix would be "
+            f"{matrix / measured['folder_bytes']:.1f}x the folder)"
+        )
         if args.factory is None:
-            verdicts.append(f"{'PASS' if quality['recall'] >= 0.90 else 'FAIL'} [{layout}] "
-                            f"10-recall@10 {quality['recall']:.3f} (1-recall@10 "
-                            f"{quality['recall_1']:.3f}) with default settings "
-                            f"(target >= 0.90 at 1M; this run: {n:,})")
-    print("| factory | layout | rebuild s | trained on | index MiB | folder MiB | peak anon MiB | "
-          "peak RSS MiB | 10-recall@10 | 1-recall@10 | nprobe | rerank | queries/s |")
+            verdicts.append(
+                f"{'PASS' if quality['recall'] >= 0.90 else 'FAIL'} [{layout}] "
+                f"10-recall@10 {quality['recall']:.3f} (1-recall@10 "
+                f"{quality['recall_1']:.3f}) with default settings "
+                f"(target >= 0.90 at 1M; this run: {n:,})"
+            )
+    print(
+        "| factory | layout | rebuild s | trained on | index MiB | folder MiB | peak anon MiB | "
+        "peak RSS MiB | 10-recall@10 | 1-recall@10 | nprobe | rerank | queries/s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     print(f"\n(float32 matrix of all vectors: {matrix / 2**20:,.0f} MiB)\n")
@@ -297,8 +361,10 @@ def streaming_part(args: argparse.Namespace, work: Path) -> list[str]:
 def ray_part(args: argparse.Namespace) -> list[str]:
     from cachedvec import distributed, ingest, migrate
 
-    print(f"## Ray ingestion: {args.corpus} with the default model, {args.workers} workers\n",
-          flush=True)
+    print(
+        f"## Ray ingestion: {args.corpus} with the default model, {args.workers} workers\n",
+        flush=True,
+    )
     server = None
     if args.postgres:
         base = args.postgres
@@ -320,15 +386,20 @@ def ray_part(args: argparse.Namespace) -> list[str]:
                 urls[side] = base.rsplit("/", 1)[0] + "/" + name  # must exist already
             migrate.upgrade(urls[side])
         with tempfile.TemporaryDirectory() as scratch:
-            local = ingest([args.corpus], index=f"{scratch}/local", store=urls["local"],
-                           show_progress=False)
+            local = ingest(
+                [args.corpus], index=f"{scratch}/local", store=urls["local"], show_progress=False
+            )
             started = time.perf_counter()
             distributed.connect(None, workers=args.workers)
             startup = time.perf_counter() - started
             try:
-                on_ray = distributed.ingest([args.corpus], index=f"{scratch}/ray",
-                                            store=urls["ray"], workers=args.workers,
-                                            show_progress=False)
+                on_ray = distributed.ingest(
+                    [args.corpus],
+                    index=f"{scratch}/ray",
+                    store=urls["ray"],
+                    workers=args.workers,
+                    show_progress=False,
+                )
             finally:
                 import ray
 
@@ -342,15 +413,21 @@ def ray_part(args: argparse.Namespace) -> list[str]:
     print("| path | vectors computed | seconds | vectors/s |")
     print("|---|---|---|---|")
     print(f"| single process | {local.computed} | {local.seconds:.1f} | {local_rate:,.1f} |")
-    print(f"| Ray, {args.workers} workers | {on_ray.computed} | {on_ray.seconds:.1f} "
-          f"| {ray_rate:,.1f} |")
-    print(f"| Ray incl. start-up ({startup:.1f}s) | {on_ray.computed} | "
-          f"{on_ray.seconds + startup:.1f} | {with_startup:,.1f} |\n")
+    print(
+        f"| Ray, {args.workers} workers | {on_ray.computed} | {on_ray.seconds:.1f} "
+        f"| {ray_rate:,.1f} |"
+    )
+    print(
+        f"| Ray incl. start-up ({startup:.1f}s) | {on_ray.computed} | "
+        f"{on_ray.seconds + startup:.1f} | {with_startup:,.1f} |\n"
+    )
     same = local.computed == on_ray.computed and local.documents == on_ray.documents
-    return [f"{'PASS' if same else 'FAIL'} Ray computed each of the {local.computed} unique "
-            f"texts once ({on_ray.computed}) and indexed the same {local.documents} chunks",
-            f"INFO Ray/single-process throughput: {ray_rate / local_rate:.2f}x "
-            f"({with_startup / local_rate:.2f}x with cluster start-up)"]
+    return [
+        f"{'PASS' if same else 'FAIL'} Ray computed each of the {local.computed} unique "
+        f"texts once ({on_ray.computed}) and indexed the same {local.documents} chunks",
+        f"INFO Ray/single-process throughput: {ray_rate / local_rate:.2f}x "
+        f"({with_startup / local_rate:.2f}x with cluster start-up)",
+    ]
 
 
 def main() -> int:
@@ -361,13 +438,19 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="cached vectors (default 1M)")
     parser.add_argument("--factory", help="FAISS factory (default: large_index_factory(n))")
     parser.add_argument("--layouts", default="memory,ondisk", help="comma-separated")
-    parser.add_argument("--compare",
-                        help="also build this factory, in memory, for comparison "
-                             "(default: ivf_pq_factory(n, 384); '' to skip)")
+    parser.add_argument(
+        "--compare",
+        help="also build this factory, in memory, for comparison "
+        "(default: ivf_pq_factory(n, 384); '' to skip)",
+    )
     parser.add_argument("--queries", type=int, default=500, help="recall queries")
-    parser.add_argument("--rerank-factors", type=lambda s: [int(f) for f in s.split(",") if f],
-                        default=[2, 8], help="also search the comparison index re-ranking this "
-                        "many candidates per result (comma-separated; '' for none)")
+    parser.add_argument(
+        "--rerank-factors",
+        type=lambda s: [int(f) for f in s.split(",") if f],
+        default=[2, 8],
+        help="also search the comparison index re-ranking this "
+        "many candidates per result (comma-separated; '' for none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep the cache and index here (default: a temp dir)")
     parser.add_argument("--skip-ray", action="store_true", help="only the streaming part")

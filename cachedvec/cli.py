@@ -63,8 +63,11 @@ def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
 
 
 def _exit_interrupted(exc: KeyboardInterrupt) -> None:
-    click.echo("interrupted: the index was left as it was; vectors already "
-               "cached are kept and the next run reuses them", err=True)
+    click.echo(
+        "interrupted: the index was left as it was; vectors already "
+        "cached are kept and the next run reuses them",
+        err=True,
+    )
     sys.exit(143 if isinstance(exc, _Terminated) else 130)
 
 
@@ -130,8 +133,11 @@ class _Group(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
-            hint = f" (see: cachedvec {exc.ctx.command_path.split(' ', 1)[-1]} --help)" \
-                if exc.ctx and " " in exc.ctx.command_path else " (see: cachedvec --help)"
+            hint = (
+                f" (see: cachedvec {exc.ctx.command_path.split(' ', 1)[-1]} --help)"
+                if exc.ctx and " " in exc.ctx.command_path
+                else " (see: cachedvec --help)"
+            )
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
@@ -140,14 +146,26 @@ class _Group(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-index_option = click.option("--index", "index", default=DEFAULT_INDEX, show_default=True,
-                            type=click.Path(file_okay=False), help="Index folder.")
-store_option = click.option("--store", default=DEFAULT_STORE, show_default=True,
-                            help="Cache URL: memory://, file:///dir, sqlite:///file.db, "
-                                 "postgresql+psycopg://..., diskcache:///dir.")
-model_option = click.option("--model", default=None,
-                            help="Model folder or locally cached name; default: the bundled "
-                                 "all-MiniLM-L6-v2.")
+index_option = click.option(
+    "--index",
+    "index",
+    default=DEFAULT_INDEX,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Index folder.",
+)
+store_option = click.option(
+    "--store",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Cache URL: memory://, file:///dir, sqlite:///file.db, "
+    "postgresql+psycopg://..., diskcache:///dir.",
+)
+model_option = click.option(
+    "--model",
+    default=None,
+    help="Model folder or locally cached name; default: the bundled all-MiniLM-L6-v2.",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
@@ -170,33 +188,66 @@ def main() -> None:
 @model_option
 @click.option("--chunk-size", default=1000, show_default=True, help="Characters per chunk.")
 @click.option("--chunk-overlap", default=150, show_default=True, help="Characters of overlap.")
-@click.option("--text-field", default="text", show_default=True,
-              help="Field holding the text in JSON Lines files.")
-@click.option("--cleanup", type=click.Choice(["incremental", "full", "none"]),
-              default="incremental", show_default=True,
-              help="incremental: delete sources gone from the given paths; full: delete every "
-                   "source not seen in this run; none: never delete.")
-@click.option("--factory", default=None,
-              help="FAISS factory string for a new index (default Flat; HNSW32, IVF256,Flat...). "
-                   "To change an existing index, use reindex.")
-@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default=None,
-              help="Metric for a new index (default cosine). To change an existing index, "
-                   "use reindex.")
+@click.option(
+    "--text-field",
+    default="text",
+    show_default=True,
+    help="Field holding the text in JSON Lines files.",
+)
+@click.option(
+    "--cleanup",
+    type=click.Choice(["incremental", "full", "none"]),
+    default="incremental",
+    show_default=True,
+    help="incremental: delete sources gone from the given paths; full: delete every "
+    "source not seen in this run; none: never delete.",
+)
+@click.option(
+    "--factory",
+    default=None,
+    help="FAISS factory string for a new index (default Flat; HNSW32, IVF256,Flat...). "
+    "To change an existing index, use reindex.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "ip", "l2"]),
+    default=None,
+    help="Metric for a new index (default cosine). To change an existing index, use reindex.",
+)
 @click.option("--batch-size", default=64, show_default=True, help="Texts per model call.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True,
-              help="ray: compute missing vectors on a Ray actor pool sharing --store "
-                   "(PostgreSQL across machines); needs cachedvec[ray].")
-@click.option("--address", default=None,
-              help="Ray cluster to join (host:6379 or ray://host:10001); default: a local Ray.")
-@click.option("--workers", type=int, default=None,
-              help="Ray actors embedding at once (default 2).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: compute missing vectors on a Ray actor pool sharing --store "
+    "(PostgreSQL across machines); needs cachedvec[ray].",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (host:6379 or ray://host:10001); default: a local Ray.",
+)
+@click.option("--workers", type=int, default=None, help="Ray actors embedding at once (default 2).")
 @json_option
 @handle_errors
-def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, chunk_size: int,
-           chunk_overlap: int, text_field: str, cleanup: str, factory: str | None,
-           metric: str | None, batch_size: int, engine: str, address: str | None,
-           workers: int | None, as_json: bool) -> None:
+def ingest(
+    paths: tuple[str, ...],
+    index: str,
+    store: str,
+    model: str | None,
+    chunk_size: int,
+    chunk_overlap: int,
+    text_field: str,
+    cleanup: str,
+    factory: str | None,
+    metric: str | None,
+    batch_size: int,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+    as_json: bool,
+) -> None:
     """Bring an index in line with text, Markdown and JSON Lines files.
 
     Unchanged files cost nothing; changed files replace exactly their chunks
@@ -216,8 +267,10 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
         from cachedvec import distributed
 
         run = distributed.ingest
-        options = {"address": address,
-                   "workers": distributed.DEFAULT_WORKERS if workers is None else workers}
+        options = {
+            "address": address,
+            "workers": distributed.DEFAULT_WORKERS if workers is None else workers,
+        }
     elif address is not None or workers is not None:
         raise ConfigError("--address and --workers apply to --engine ray")
     else:
@@ -225,18 +278,31 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
 
         run = ingestion.ingest
 
-    report = run(paths, index=index, store=store, model=_model_arg(model),
-                 chunk_size=chunk_size, chunk_overlap=chunk_overlap, text_field=text_field,
-                 cleanup=cleanup, factory=factory, metric=metric, batch_size=batch_size,
-                 **options)
+    report = run(
+        paths,
+        index=index,
+        store=store,
+        model=_model_arg(model),
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        text_field=text_field,
+        cleanup=cleanup,
+        factory=factory,
+        metric=metric,
+        batch_size=batch_size,
+        **options,
+    )
     s = report.sources
-    _emit(as_json, report.as_dict(),
-          f"sources: {s.added} added, {s.updated} updated, {s.skipped} unchanged, "
-          f"{s.deleted} deleted\n"
-          f"chunks:  {report.added} added, {report.updated} updated, {report.skipped} unchanged, "
-          f"{report.deleted} deleted\n"
-          f"vectors: {report.cache_hits} from the cache, {report.computed} computed\n"
-          f"index:   {report.index} ({report.documents} chunks) in {report.seconds:.2f}s")
+    _emit(
+        as_json,
+        report.as_dict(),
+        f"sources: {s.added} added, {s.updated} updated, {s.skipped} unchanged, "
+        f"{s.deleted} deleted\n"
+        f"chunks:  {report.added} added, {report.updated} updated, {report.skipped} unchanged, "
+        f"{report.deleted} deleted\n"
+        f"vectors: {report.cache_hits} from the cache, {report.computed} computed\n"
+        f"index:   {report.index} ({report.documents} chunks) in {report.seconds:.2f}s",
+    )
 
 
 @main.command()
@@ -245,15 +311,30 @@ def ingest(paths: tuple[str, ...], index: str, store: str, model: str | None, ch
 @index_option
 @store_option
 @model_option
-@click.option("--filter", "filter_json", default=None,
-              help='Metadata filter as JSON, e.g. \'{"topic": {"$in": ["kettle", "tea"]}}\'.')
-@click.option("--rerank", type=int, default=None,
-              help="Candidates per result re-scored exactly from --store (default: the "
-                   "index's setting).")
+@click.option(
+    "--filter",
+    "filter_json",
+    default=None,
+    help='Metadata filter as JSON, e.g. \'{"topic": {"$in": ["kettle", "tea"]}}\'.',
+)
+@click.option(
+    "--rerank",
+    type=int,
+    default=None,
+    help="Candidates per result re-scored exactly from --store (default: the index's setting).",
+)
 @json_option
 @handle_errors
-def query(text: str, k: int, index: str, store: str, model: str | None,
-          filter_json: str | None, rerank: int | None, as_json: bool) -> None:
+def query(
+    text: str,
+    k: int,
+    index: str,
+    store: str,
+    model: str | None,
+    filter_json: str | None,
+    rerank: int | None,
+    as_json: bool,
+) -> None:
     """Print the chunks that best answer TEXT.
 
     Scores are similarities (higher is closer) for cosine and ip indexes, and
@@ -272,12 +353,12 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
         filter_ = json.loads(filter_json) if filter_json else None
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"--filter is not valid JSON: {exc}") from exc
-    hits, cached = run(text, k=k, index=index, store=store, model=_model_arg(model),
-                       filter=filter_, rerank=rerank)
+    hits, cached = run(
+        text, k=k, index=index, store=store, model=_model_arg(model), filter=filter_, rerank=rerank
+    )
     manifest = read_manifest(index)
     metric = manifest.metric
-    results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
-               for h in hits]
+    results = [{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits]
     # LSH (l2 only) scores by the bits its binary codes differ in, unless
     # candidates are re-scored from the cache's float vectors.
     reranked = rerank if rerank is not None else manifest.search.get("rerank", 0)
@@ -287,45 +368,90 @@ def query(text: str, k: int, index: str, store: str, model: str | None,
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())
         snippet = snippet[:200] + ("..." if len(snippet) > 200 else "")
-        lines.append(f"{rank}. [{label}{h.score:.3f}] {h.metadata.get('source', '')}\n"
-                     f"   {snippet}")
-    _emit(as_json, {"query": text, "query_cached": cached, "metric": metric,
-                    "results": results},
-          "\n".join(lines) or "no results")
+        lines.append(f"{rank}. [{label}{h.score:.3f}] {h.metadata.get('source', '')}\n   {snippet}")
+    _emit(
+        as_json,
+        {"query": text, "query_cached": cached, "metric": metric, "results": results},
+        "\n".join(lines) or "no results",
+    )
 
 
 @main.command()
 @index_option
-@click.option("--factory", default=None, help="New FAISS factory string (default: keep), "
-                                              "e.g. HNSW32, IVF1024,PQ16, PCA128,HNSW32.")
-@click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default=None,
-              help="New metric (default: keep).")
+@click.option(
+    "--factory",
+    default=None,
+    help="New FAISS factory string (default: keep), e.g. HNSW32, IVF1024,PQ16, PCA128,HNSW32.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["cosine", "ip", "l2"]),
+    default=None,
+    help="New metric (default: keep).",
+)
 @store_option
-@click.option("--model", default=None,
-              help="Re-embed under another model (a folder, a cached name, or 'default' for "
-                   "the bundled one); only vectors missing under it are computed.")
-@click.option("--compute-missing", is_flag=True,
-              help="Embed vectors missing from the cache instead of stopping.")
-@click.option("--layout", type=click.Choice(["memory", "ondisk"]), default="memory",
-              show_default=True,
-              help="ondisk (IVF only): inverted lists in a memory-mapped file beside the index, "
-                   "for indexes larger than RAM; read-only until rebuilt.")
-@click.option("--batch-size", default=20_000, show_default=True,
-              help="Vectors read from the cache and added at a time.")
-@click.option("--train-size", type=int, default=None,
-              help="Cached vectors sampled to train IVF/PQ (default 65536, or 40 per IVF list).")
-@click.option("--nprobe", type=int, default=None,
-              help="IVF lists searched per query (default: 1/16 of them, at least 32).")
-@click.option("--rerank", type=int, default=None,
-              help="Candidates per result that searches re-score exactly with the vectors "
-                   "in the cache (default: 4 for PQ factories, else off).")
+@click.option(
+    "--model",
+    default=None,
+    help="Re-embed under another model (a folder, a cached name, or 'default' for "
+    "the bundled one); only vectors missing under it are computed.",
+)
+@click.option(
+    "--compute-missing",
+    is_flag=True,
+    help="Embed vectors missing from the cache instead of stopping.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["memory", "ondisk"]),
+    default="memory",
+    show_default=True,
+    help="ondisk (IVF only): inverted lists in a memory-mapped file beside the index, "
+    "for indexes larger than RAM; read-only until rebuilt.",
+)
+@click.option(
+    "--batch-size",
+    default=20_000,
+    show_default=True,
+    help="Vectors read from the cache and added at a time.",
+)
+@click.option(
+    "--train-size",
+    type=int,
+    default=None,
+    help="Cached vectors sampled to train IVF/PQ (default 65536, or 40 per IVF list).",
+)
+@click.option(
+    "--nprobe",
+    type=int,
+    default=None,
+    help="IVF lists searched per query (default: 1/16 of them, at least 32).",
+)
+@click.option(
+    "--rerank",
+    type=int,
+    default=None,
+    help="Candidates per result that searches re-score exactly with the vectors "
+    "in the cache (default: 4 for PQ factories, else off).",
+)
 @click.option("--no-rerank", is_flag=True, help="Never re-rank (not even PQ factories).")
 @json_option
 @handle_errors
-def reindex(index: str, factory: str | None, metric: str | None, store: str,
-            model: str | None, compute_missing: bool, layout: str, batch_size: int,
-            train_size: int | None, nprobe: int | None, rerank: int | None,
-            no_rerank: bool, as_json: bool) -> None:
+def reindex(
+    index: str,
+    factory: str | None,
+    metric: str | None,
+    store: str,
+    model: str | None,
+    compute_missing: bool,
+    layout: str,
+    batch_size: int,
+    train_size: int | None,
+    nprobe: int | None,
+    rerank: int | None,
+    no_rerank: bool,
+    as_json: bool,
+) -> None:
     """Rebuild an index from cached vectors, with zero model calls.
 
     From the cache the rebuild streams: it trains on a sample and adds the
@@ -349,22 +475,42 @@ def reindex(index: str, factory: str | None, metric: str | None, store: str,
         switch_to = model  # None keeps the index's model
     if no_rerank and rerank is not None:
         raise ConfigError("--rerank and --no-rerank contradict each other")
-    report = run(index, factory=factory, metric=metric, store=store, model=switch_to,
-                 compute_missing=compute_missing, layout=layout, batch_size=batch_size,
-                 train_size=train_size, nprobe=nprobe,
-                 rerank=False if no_rerank else rerank)
-    _emit(as_json, report.as_dict(),
-          f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
-          f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
-          f"cache, {report.computed} computed"
-          + (f"; searches re-rank {report.rerank} candidates per result from the cache"
-             if report.rerank else ""))
+    report = run(
+        index,
+        factory=factory,
+        metric=metric,
+        store=store,
+        model=switch_to,
+        compute_missing=compute_missing,
+        layout=layout,
+        batch_size=batch_size,
+        train_size=train_size,
+        nprobe=nprobe,
+        rerank=False if no_rerank else rerank,
+    )
+    _emit(
+        as_json,
+        report.as_dict(),
+        f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
+        f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
+        f"cache, {report.computed} computed"
+        + (
+            f"; searches re-rank {report.rerank} candidates per result from the cache"
+            if report.rerank
+            else ""
+        ),
+    )
 
 
 @main.command()
 @store_option
-@click.option("--index", "indexes", multiple=True, type=click.Path(file_okay=False),
-              help=f"Index folder(s) to describe too (default: {DEFAULT_INDEX}, if it exists).")
+@click.option(
+    "--index",
+    "indexes",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help=f"Index folder(s) to describe too (default: {DEFAULT_INDEX}, if it exists).",
+)
 @json_option
 @handle_errors
 def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
@@ -388,10 +534,23 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
             parts = ns.split(":")
             model = parts[1] if len(parts) >= 4 else ns
             kind = parts[3] if len(parts) >= 4 else ""
-            dim = VectorCodec.peek_dim(next(iter(opened.mget(
-                [next(opened.yield_keys(prefix=ns), "")])), None)) if len(parts) >= 4 else None
-            payload["namespaces"].append({"namespace": ns, "model": model, "kind": kind,
-                                          "dim": dim, "entries": st.entries, "bytes": st.bytes})
+            dim = (
+                VectorCodec.peek_dim(
+                    next(iter(opened.mget([next(opened.yield_keys(prefix=ns), "")])), None)
+                )
+                if len(parts) >= 4
+                else None
+            )
+            payload["namespaces"].append(
+                {
+                    "namespace": ns,
+                    "model": model,
+                    "kind": kind,
+                    "dim": dim,
+                    "entries": st.entries,
+                    "bytes": st.bytes,
+                }
+            )
             lines.append(f"  {ns:<60} dim {dim}  {st.entries:>9,} entries  {st.bytes:>13,} B")
     for folder in indexes:
         manifest = read_manifest(folder)
@@ -400,16 +559,24 @@ def stats(store: str, indexes: tuple[str, ...], as_json: bool) -> None:
         hits = sum(int(r.get("cache_hits", 0)) for r in runs)
         computed = sum(int(r.get("computed", 0)) for r in runs)
         rate = hits / (hits + computed) if hits + computed else None
-        info = {"index": folder, "factory": manifest.factory, "metric": manifest.metric,
-                "dim": manifest.dim, "counts": manifest.counts,
-                "model": (manifest.fingerprint or {}).get("model"),
-                "bytes": sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file()),
-                "runs": len(runs), "hit_rate": rate}
+        info = {
+            "index": folder,
+            "factory": manifest.factory,
+            "metric": manifest.metric,
+            "dim": manifest.dim,
+            "counts": manifest.counts,
+            "model": (manifest.fingerprint or {}).get("model"),
+            "bytes": sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file()),
+            "runs": len(runs),
+            "hit_rate": rate,
+        }
         payload["indexes"].append(info)
-        lines.append(f"index {folder}: {manifest.factory} ({manifest.metric}, dim {manifest.dim}),"
-                     f" {manifest.counts.get('documents', 0):,} chunks, model {info['model']}, "
-                     f"{info['bytes']:,} B; hit rate over {len(runs)} runs: "
-                     + ("n/a" if rate is None else f"{rate:.1%}"))
+        lines.append(
+            f"index {folder}: {manifest.factory} ({manifest.metric}, dim {manifest.dim}),"
+            f" {manifest.counts.get('documents', 0):,} chunks, model {info['model']}, "
+            f"{info['bytes']:,} B; hit rate over {len(runs)} runs: "
+            + ("n/a" if rate is None else f"{rate:.1%}")
+        )
     _emit(as_json, payload, "\n".join(lines))
 
 
@@ -418,22 +585,32 @@ def _parse_duration(text: str | None) -> float | None:
         return None
     match = _DURATION.match(text.strip())
     if not match:
-        raise ConfigError(f"--older-than takes a duration like 90s, 30m, 12h, 7d or 2w; "
-                          f"got {text!r}")
+        raise ConfigError(
+            f"--older-than takes a duration like 90s, 30m, 12h, 7d or 2w; got {text!r}"
+        )
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 @main.command()
 @store_option
-@click.option("--index", "indexes", multiple=True, type=click.Path(file_okay=False),
-              help="Keep every vector these indexes use (repeatable).")
-@click.option("--older-than", default=None,
-              help="Only drop entries not written or read for this long (30m, 12h, 7d...).")
+@click.option(
+    "--index",
+    "indexes",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Keep every vector these indexes use (repeatable).",
+)
+@click.option(
+    "--older-than",
+    default=None,
+    help="Only drop entries not written or read for this long (30m, 12h, 7d...).",
+)
 @click.option("--dry-run", is_flag=True, help="Count what would be dropped; drop nothing.")
 @json_option
 @handle_errors
-def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run: bool,
-          as_json: bool) -> None:
+def prune(
+    store: str, indexes: tuple[str, ...], older_than: str | None, dry_run: bool, as_json: bool
+) -> None:
     """Drop cache entries no given index references (or older than --older-than).
 
     \b
@@ -454,16 +631,24 @@ def prune(store: str, indexes: tuple[str, ...], older_than: str | None, dry_run:
     with open_store(store, create=False) as opened:
         dropped = opened.prune(age or 0.0, keep=keep, dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
-    _emit(as_json, {"store": redact_url(store), "pruned": dropped, "kept": len(keep),
-                    "dry_run": dry_run},
-          f"{verb} {dropped} entries; kept {len(keep)} used by {len(indexes)} index(es)")
+    _emit(
+        as_json,
+        {"store": redact_url(store), "pruned": dropped, "kept": len(keep), "dry_run": dry_run},
+        f"{verb} {dropped} entries; kept {len(keep)} used by {len(indexes)} index(es)",
+    )
 
 
 @main.command()
-@click.option("--store", required=True, help="SQL cache URL (sqlite:///..., postgresql+psycopg://...).")
-@click.option("--revision", default="head", show_default=True,
-              help="Target Alembic revision; an older one (or 'base', which drops "
-                   "cachedvec's tables) downgrades.")
+@click.option(
+    "--store", required=True, help="SQL cache URL (sqlite:///..., postgresql+psycopg://...)."
+)
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    help="Target Alembic revision; an older one (or 'base', which drops "
+    "cachedvec's tables) downgrades.",
+)
 @json_option
 @handle_errors
 def migrate(store: str, revision: str, as_json: bool) -> None:
@@ -478,12 +663,18 @@ def migrate(store: str, revision: str, as_json: bool) -> None:
     from cachedvec.stores import redact_url
 
     if not store.lower().startswith(("sqlite", "postgresql", "postgres")):
-        raise ConfigError(f"migrate works on SQL caches (sqlite:///..., postgresql+psycopg://...);"
-                          f" {redact_url(store)!r} has no schema to migrate")
+        raise ConfigError(
+            f"migrate works on SQL caches (sqlite:///..., postgresql+psycopg://...);"
+            f" {redact_url(store)!r} has no schema to migrate"
+        )
     current = migrations.move_to(store, revision)
-    _emit(as_json, {"store": redact_url(store), "revision": current},
-          f"{redact_url(store)} is at revision {current}" if current else
-          f"{redact_url(store)} has no cachedvec tables (revision base)")
+    _emit(
+        as_json,
+        {"store": redact_url(store), "revision": current},
+        f"{redact_url(store)} is at revision {current}"
+        if current
+        else f"{redact_url(store)} has no cachedvec tables (revision base)",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

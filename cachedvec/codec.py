@@ -62,8 +62,10 @@ def _v1_intact(value: bytes) -> bool:
 
 
 def _v2_intact(value: bytes) -> bool:
-    return xxh3_64_intdigest(memoryview(value)[:-DIGEST.size]) == DIGEST.unpack_from(
-        value, len(value) - DIGEST.size)[0]
+    return (
+        xxh3_64_intdigest(memoryview(value)[: -DIGEST.size])
+        == DIGEST.unpack_from(value, len(value) - DIGEST.size)[0]
+    )
 
 
 # Per format version: the size of the check field after the vector, and its test.

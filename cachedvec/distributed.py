@@ -113,8 +113,11 @@ def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bo
         _check_reachable(address)
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                               "logging_level": logging.WARNING}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
     if address in (None, "local"):
         options["num_cpus"] = max(workers, os.cpu_count() or 1)
     else:
@@ -239,8 +242,9 @@ class CachedEmbedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._column not in batch:
-            raise ConfigError(f"the dataset has no {self._column!r} column "
-                              f"(columns: {', '.join(batch)})")
+            raise ConfigError(
+                f"the dataset has no {self._column!r} column (columns: {', '.join(batch)})"
+            )
         texts = [str(text) for text in batch[self._column]]
         self._model.embedded.clear()
         self._embeddings.embed_documents_array(texts)
@@ -287,8 +291,12 @@ def embed_dataset(
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         return dataset.map_batches(
             CachedEmbedder,
-            fn_constructor_kwargs={"model": model, "store": store, "batch_size": batch_size,
-                                   "text_column": text_column},
+            fn_constructor_kwargs={
+                "model": model,
+                "store": store,
+                "batch_size": batch_size,
+                "text_column": text_column,
+            },
             batch_size=batch_size * 4,
             batch_format="numpy",
             concurrency=workers,
@@ -324,19 +332,26 @@ def read_sources(
     ray = _ray()
     chunker = Chunker(chunk_size, chunk_overlap, text_field)  # bad settings fail here
     sources = [read_source(path) for path in find_files(as_paths(paths))]
-    rows = [{"path": str(s.path), "kind": s.kind, "content_hash": s.content_hash,
-             "data": s.data} for s in sources]
+    rows = [
+        {"path": str(s.path), "kind": s.kind, "content_hash": s.content_hash, "data": s.data}
+        for s in sources
+    ]
     settings = chunker.settings
     blocks = max(1, min(len(rows), 64))
-    return ray.data.from_items(rows, override_num_blocks=blocks) \
-        .flat_map(_chunk_rows, fn_kwargs={"settings": settings}).materialize()
+    return (
+        ray.data.from_items(rows, override_num_blocks=blocks)
+        .flat_map(_chunk_rows, fn_kwargs={"settings": settings})
+        .materialize()
+    )
 
 
 def _chunk_rows(row: dict[str, Any], settings: dict[str, Any]) -> list[dict[str, Any]]:
     source = Source(Path(row["path"]), row["kind"], row["content_hash"], bytes(row["data"]))
     chunks = _identified(source.name, Chunker(**settings).chunks(source))
-    return [{"id": chunk_id, "text": chunk.text, "metadata": json.dumps(chunk.metadata)}
-            for chunk_id, chunk in chunks.items()]
+    return [
+        {"id": chunk_id, "text": chunk.text, "metadata": json.dumps(chunk.metadata)}
+        for chunk_id, chunk in chunks.items()
+    ]
 
 
 def build_index(
@@ -368,12 +383,22 @@ def build_index(
                     raise MissingVectorsError(
                         f"{len(missing)} vectors of this batch are not in the cache "
                         f"{redact_url(store)}: embed the dataset into this store first",
-                        len(missing))
+                        len(missing),
+                    )
                 if vindex is None:
-                    vindex = VectorIndex(vectors.shape[1], metric=metric, factory=factory,
-                                         fingerprint=emb.fingerprint)
-                vindex.add(vectors, [str(text) for text in batch["text"]],
-                           list(_metadata(batch)), ids=_ids(batch), cache_keys=keys)
+                    vindex = VectorIndex(
+                        vectors.shape[1],
+                        metric=metric,
+                        factory=factory,
+                        fingerprint=emb.fingerprint,
+                    )
+                vindex.add(
+                    vectors,
+                    [str(text) for text in batch["text"]],
+                    list(_metadata(batch)),
+                    ids=_ids(batch),
+                    cache_keys=keys,
+                )
         if vindex is None:
             raise ConfigError("the dataset has no rows: nothing to index")
         vindex.save(index)
@@ -435,14 +460,26 @@ def ingest(
     try:
         shared = shared_store_url(store)
         driver_model = _build_model(model)
-        missing = _missing_texts(paths, index, shared, driver_model, chunk_size, chunk_overlap,
-                                 text_field)
-        computed = _embed_on_cluster(missing, shared, model, workers, retries, batch_size,
-                                     show_progress)
+        missing = _missing_texts(
+            paths, index, shared, driver_model, chunk_size, chunk_overlap, text_field
+        )
+        computed = _embed_on_cluster(
+            missing, shared, model, workers, retries, batch_size, show_progress
+        )
         report = ingest_locally(
-            paths, index=index, store=shared, model=driver_model, chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap, text_field=text_field, cleanup=cleanup,
-            factory=factory, metric=metric, batch_size=batch_size, show_progress=show_progress)
+            paths,
+            index=index,
+            store=shared,
+            model=driver_model,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            text_field=text_field,
+            cleanup=cleanup,
+            factory=factory,
+            metric=metric,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
     finally:
         if owns_ray:
             _ray().shutdown()
@@ -454,9 +491,15 @@ def ingest(
     return report
 
 
-def _missing_texts(paths: Sequence[str | os.PathLike[str]], index: str | os.PathLike[str],
-                   store: str, model: EmbeddingModel, chunk_size: int, chunk_overlap: int,
-                   text_field: str) -> list[str]:
+def _missing_texts(
+    paths: Sequence[str | os.PathLike[str]],
+    index: str | os.PathLike[str],
+    store: str,
+    model: EmbeddingModel,
+    chunk_size: int,
+    chunk_overlap: int,
+    text_field: str,
+) -> list[str]:
     """Unique chunk texts of new or changed sources whose vectors the cache lacks."""
     chunker = Chunker(chunk_size, chunk_overlap, text_field)
     index_dir = Path(index)
@@ -470,14 +513,21 @@ def _missing_texts(paths: Sequence[str | os.PathLike[str]], index: str | os.Path
     missing: list[str] = []
     with CachedEmbeddings(model, store) as emb:
         for start in range(0, len(unique), _LOOKUP_BATCH):
-            part = unique[start:start + _LOOKUP_BATCH]
+            part = unique[start : start + _LOOKUP_BATCH]
             _, absent = emb.get_vectors(emb.document_keys(part))
             missing += [part[i] for i in absent]
     return missing
 
 
-def _embed_on_cluster(texts: list[str], store: str, model: ModelSpec, workers: int,
-                      retries: int, batch_size: int, show_progress: bool | None) -> int:
+def _embed_on_cluster(
+    texts: list[str],
+    store: str,
+    model: ModelSpec,
+    workers: int,
+    retries: int,
+    batch_size: int,
+    show_progress: bool | None,
+) -> int:
     """Embed ``texts`` on the actor pool; returns how many vectors the workers computed."""
     if not texts:
         return 0  # nothing to compute: do not even start the actors
@@ -486,10 +536,10 @@ def _embed_on_cluster(texts: list[str], store: str, model: ModelSpec, workers: i
     context.enable_progress_bars = bool(show_progress)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     blocks = max(workers, min(len(texts) // max(batch_size, 1), workers * 8))
-    dataset = ray.data.from_items([{"text": text} for text in texts],
-                                  override_num_blocks=blocks)
-    embedded = embed_dataset(dataset, store=store, model=model, workers=workers,
-                             batch_size=batch_size, retries=retries)
+    dataset = ray.data.from_items([{"text": text} for text in texts], override_num_blocks=blocks)
+    embedded = embed_dataset(
+        dataset, store=store, model=model, workers=workers, batch_size=batch_size, retries=retries
+    )
     try:
         total: Any = embedded.sum("computed")
         return int(total or 0)

@@ -148,8 +148,10 @@ class CachedEmbeddings(Embeddings):
         the key digest must be ``sha256`` or ``blake2b``.
         """
         if not isinstance(key_encoder, str):
-            raise ConfigError("key_encoder must be 'sha256' or 'blake2b'; callables are not "
-                              "supported because keys must stay tied to the model")
+            raise ConfigError(
+                "key_encoder must be 'sha256' or 'blake2b'; callables are not "
+                "supported because keys must stay tied to the model"
+            )
         return cls(
             underlying_embeddings,
             document_embedding_cache,
@@ -228,8 +230,9 @@ class CachedEmbeddings(Embeddings):
         use_cache = kind == "doc" or self.cache_queries
         store = self.store if kind == "doc" else self.query_store
         self._absorb(call, store.mget(call.keys) if use_cache else [None] * len(call.keys))
-        embed = (self.model.embed_documents_array if kind == "doc"
-                 else self.model.embed_queries_array)
+        embed = (
+            self.model.embed_documents_array if kind == "doc" else self.model.embed_queries_array
+        )
         for batch in self._batches(call):
             pairs = self._accept(call, batch, embed([call.unique[i] for i in batch]))
             if use_cache:

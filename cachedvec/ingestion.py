@@ -87,8 +87,9 @@ class IngestReport:
 
 def chunk_id(source: str, text: str, occurrence: int) -> str:
     """Stable id of a chunk: its source, its exact text, and which repeat it is."""
-    digest = hashlib.blake2b(f"{source}\0{text}".encode("utf-8", "surrogatepass"),
-                             digest_size=16).hexdigest()
+    digest = hashlib.blake2b(
+        f"{source}\0{text}".encode("utf-8", "surrogatepass"), digest_size=16
+    ).hexdigest()
     return digest if occurrence == 0 else f"{digest}-{occurrence}"
 
 
@@ -126,8 +127,9 @@ def load_records(index_dir: Path) -> dict[str, dict[str, Any]]:
 def _write_records(index_dir: Path, records: dict[str, dict[str, Any]]) -> None:
     path = index_dir / RECORDS_FILE
     tmp = path.with_name(f".{RECORDS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"format_version": RECORDS_VERSION, "sources": records},
-                              sort_keys=True), "utf-8")
+    tmp.write_text(
+        json.dumps({"format_version": RECORDS_VERSION, "sources": records}, sort_keys=True), "utf-8"
+    )
     os.replace(tmp, path)
 
 
@@ -158,8 +160,10 @@ def check_index_type(index_dir: Path, factory: str | None, metric: str | None) -
         differences.append(f"uses the {manifest.metric!r} metric, not {metric!r}")
         options += f" --metric {metric}"
     if differences:
-        raise ConfigError(f"index {index_dir} {' and '.join(differences)}: change its type "
-                          f"with: cachedvec reindex --index {index_dir}{options}")
+        raise ConfigError(
+            f"index {index_dir} {' and '.join(differences)}: change its type "
+            f"with: cachedvec reindex --index {index_dir}{options}"
+        )
 
 
 def _under(source: str, roots: Sequence[Path]) -> bool:
@@ -203,21 +207,36 @@ def ingest(
     check_index_type(index_dir, factory, metric)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
-    sources = [read_source(f) for f in progress(files, desc="reading", unit="file",
-                                                 enabled=show_progress)]
+    sources = [
+        read_source(f) for f in progress(files, desc="reading", unit="file", enabled=show_progress)
+    ]
 
     with (
         index_job(index_dir),
         CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb,
     ):
-        vindex = (VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
-                  if (index_dir / "manifest.json").exists() else None)
+        vindex = (
+            VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
+            if (index_dir / "manifest.json").exists()
+            else None
+        )
         records = load_records(index_dir)
         before = dict(records)
         report = IngestReport(index=str(index_dir), model=emb.fingerprint.model)
         try:
-            changed = _apply(sources, roots, chunker, emb, vindex, records, report, cleanup,
-                             factory or "Flat", metric or "cosine", show_progress)
+            changed = _apply(
+                sources,
+                roots,
+                chunker,
+                emb,
+                vindex,
+                records,
+                report,
+                cleanup,
+                factory or "Flat",
+                metric or "cosine",
+                show_progress,
+            )
             if changed is not None:
                 vindex = changed
                 vindex.save(index_dir)
@@ -298,13 +317,19 @@ def _apply(
     vectors = _embed(emb, texts, show_progress)
     report.cache_hits, report.computed = emb.stats.hits, emb.stats.computed
     if vindex is None:
-        vindex = VectorIndex(vectors.shape[1], metric=metric, factory=factory,
-                             fingerprint=emb.fingerprint)
+        vindex = VectorIndex(
+            vectors.shape[1], metric=metric, factory=factory, fingerprint=emb.fingerprint
+        )
     if to_delete:
         vindex.delete(to_delete)
     if ids:
-        vindex.add(vectors, texts, [to_add[i].metadata for i in ids], ids=ids,
-                   cache_keys=emb.document_keys(texts))
+        vindex.add(
+            vectors,
+            texts,
+            [to_add[i].metadata for i in ids],
+            ids=ids,
+            cache_keys=emb.document_keys(texts),
+        )
     return vindex
 
 
@@ -323,6 +348,10 @@ def _embed(emb: CachedEmbeddings, texts: list[str], show_progress: bool | None) 
     if not texts:
         return np.empty((0, emb.dim or 0), np.float32)
     step = emb.batch_size * 4
-    parts = [emb.embed_documents_array(part) for part in progress(
-        list(slices(texts, step)), desc="embedding", unit="batch", enabled=show_progress)]
+    parts = [
+        emb.embed_documents_array(part)
+        for part in progress(
+            list(slices(texts, step)), desc="embedding", unit="batch", enabled=show_progress
+        )
+    ]
     return np.concatenate(parts)

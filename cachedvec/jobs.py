@@ -63,16 +63,30 @@ def index_job(index_dir: Path) -> Iterator[None]:
 def prepare_store_url(url: str) -> str:
     """Create the parent folder of a local SQLite URL, so defaults just work."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(url[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return url
 
 
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
-             enabled: bool | None = None, unit: str = "it") -> Iterator[T]:
+def progress(
+    items: Iterable[T],
+    *,
+    total: int | None = None,
+    desc: str = "",
+    enabled: bool | None = None,
+    unit: str = "it",
+) -> Iterator[T]:
     """A progress bar on a terminal (stderr), nothing otherwise."""
     # tqdm's disable=None means: only when stderr is a TTY.
-    return iter(tqdm(items, total=total, desc=desc, unit=unit, leave=False,
-                     disable=None if enabled is None else not enabled))
+    return iter(
+        tqdm(
+            items,
+            total=total,
+            desc=desc,
+            unit=unit,
+            leave=False,
+            disable=None if enabled is None else not enabled,
+        )
+    )
 
 
 def slices(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

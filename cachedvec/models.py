@@ -59,7 +59,8 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 def _weights_digest(folder: Path) -> str:
     """sha256 over the model's weight files (names and contents)."""
     files = sorted(
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.is_file() and p.suffix in (".safetensors", ".bin", ".pt", ".onnx")
     )
     if not files:
@@ -84,19 +85,29 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _sentence_transformer_fingerprint(
-    name: str, folder: Path, *, normalize: bool, document_prompt: str | None,
+    name: str,
+    folder: Path,
+    *,
+    normalize: bool,
+    document_prompt: str | None,
     query_prompt: str | None,
 ) -> ModelFingerprint:
     """Fingerprint a sentence-transformers folder from its files alone."""
-    modules = json.loads((folder / "modules.json").read_text("utf-8")) \
-        if (folder / "modules.json").exists() else []
+    modules = (
+        json.loads((folder / "modules.json").read_text("utf-8"))
+        if (folder / "modules.json").exists()
+        else []
+    )
     pooling, dim = None, _read_json(folder / "config.json").get("hidden_size")
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         cfg = _read_json(folder / module.get("path", "") / "config.json")
         if kind == "Pooling":
-            modes = sorted(k[len("pooling_mode_"):] for k, v in cfg.items()
-                           if k.startswith("pooling_mode_") and v is True)
+            modes = sorted(
+                k[len("pooling_mode_") :]
+                for k, v in cfg.items()
+                if k.startswith("pooling_mode_") and v is True
+            )
             pooling = "+".join(modes) or None
             dim = cfg.get("word_embedding_dimension", dim)
         elif kind == "Dense":
@@ -110,8 +121,9 @@ def _sentence_transformer_fingerprint(
         document_prompt=document_prompt,
         query_prompt=query_prompt,
         pooling=pooling,
-        params={"max_seq_length": _read_json(folder / "sentence_bert_config.json")
-                .get("max_seq_length")},
+        params={
+            "max_seq_length": _read_json(folder / "sentence_bert_config.json").get("max_seq_length")
+        },
     )
 
 
@@ -154,8 +166,11 @@ class SentenceTransformerModel:
         self.batch_size = batch_size
         self.device = device
         self.fingerprint = _sentence_transformer_fingerprint(
-            self.name, self.path, normalize=normalize,
-            document_prompt=document_prompt, query_prompt=query_prompt,
+            self.name,
+            self.path,
+            normalize=normalize,
+            document_prompt=document_prompt,
+            query_prompt=query_prompt,
         )
         self._model: Any = None
 
@@ -182,8 +197,11 @@ class SentenceTransformerModel:
     def _encode(self, texts: Sequence[str], prompt: str | None) -> np.ndarray:
         try:
             out = self.model.encode(
-                list(texts), batch_size=self.batch_size, prompt=prompt,
-                normalize_embeddings=self.normalize, convert_to_numpy=True,
+                list(texts),
+                batch_size=self.batch_size,
+                prompt=prompt,
+                normalize_embeddings=self.normalize,
+                convert_to_numpy=True,
                 show_progress_bar=False,
             )
         except Exception as exc:
@@ -202,9 +220,20 @@ class SentenceTransformerModel:
 
 # Fields of LangChain embedding classes that never change the vectors.
 _NEUTRAL_FIELDS = {
-    "show_progress", "show_progress_bar", "multi_process", "batch_size", "chunk_size",
-    "embed_batch_size", "max_retries", "timeout", "request_timeout", "num_workers",
-    "cache_folder", "retry_min_seconds", "retry_max_seconds", "max_concurrency",
+    "show_progress",
+    "show_progress_bar",
+    "multi_process",
+    "batch_size",
+    "chunk_size",
+    "embed_batch_size",
+    "max_retries",
+    "timeout",
+    "request_timeout",
+    "num_workers",
+    "cache_folder",
+    "retry_min_seconds",
+    "retry_max_seconds",
+    "max_concurrency",
 }
 _SECRET_WORDS = ("key", "token", "secret", "password", "client", "header", "credential")
 
@@ -236,9 +265,13 @@ class LangChainModel:
     def __init__(self, embeddings: Embeddings, *, fingerprint: ModelFingerprint | None = None):
         self.embeddings = embeddings
         cls = type(embeddings)
-        self.fingerprint = fingerprint or getattr(embeddings, "fingerprint", None) or \
-            ModelFingerprint(model=f"{cls.__module__}/{cls.__qualname__}",
-                             params=_public_params(embeddings))
+        self.fingerprint = (
+            fingerprint
+            or getattr(embeddings, "fingerprint", None)
+            or ModelFingerprint(
+                model=f"{cls.__module__}/{cls.__qualname__}", params=_public_params(embeddings)
+            )
+        )
 
     def embed_documents_array(self, texts: Sequence[str]) -> np.ndarray:
         return _as_matrix(self.embeddings.embed_documents(list(texts)))
@@ -260,8 +293,9 @@ def _as_matrix(vectors: Any) -> np.ndarray:
     try:
         return np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise ModelOutputError(f"model returned something that is not a list of vectors: {exc}") \
-            from exc
+        raise ModelOutputError(
+            f"model returned something that is not a list of vectors: {exc}"
+        ) from exc
 
 
 @lru_cache(maxsize=1)

@@ -144,7 +144,8 @@ def _rerank_for(rerank: int | bool | None, factory: str, exact: bool) -> int | N
     if exact:
         raise ConfigError(
             f"rerank applies to compressed indexes (PQ, SQ...), not {factory!r}, which "
-            "already scores exactly; drop the rerank factor (--rerank)")
+            "already scores exactly; drop the rerank factor (--rerank)"
+        )
     return factor
 
 
@@ -198,41 +199,75 @@ def reindex(
     index_dir = Path(index)
     if rerank is not False:
         check_rerank(rerank)  # refuse a bad factor before any work
-    for name, value in (("batch_size", batch_size), ("train_size", train_size),
-                        ("nprobe", nprobe)):
+    for name, value in (("batch_size", batch_size), ("train_size", train_size), ("nprobe", nprobe)):
         if value is not None:
             check_count(name, value)
     if (model is not None or compute_missing) and layout != "memory":
         raise ConfigError(
             "the on-disk layout streams vectors from the cache: first rebuild with "
-            "--model/--compute-missing, then again with --layout ondisk")
+            "--model/--compute-missing, then again with --layout ondisk"
+        )
     with index_job(index_dir):
         if model is not None or compute_missing:
-            report = _rebuild_with_model(index_dir, factory, metric, store, model,
-                                         compute_missing, nprobe, show_progress, rerank)
+            report = _rebuild_with_model(
+                index_dir,
+                factory,
+                metric,
+                store,
+                model,
+                compute_missing,
+                nprobe,
+                show_progress,
+                rerank,
+            )
         else:
-            report = _stream_from_cache(index_dir, factory, metric, store, layout, batch_size,
-                                        train_size, nprobe, block_size, show_progress,
-                                        rerank)
+            report = _stream_from_cache(
+                index_dir,
+                factory,
+                metric,
+                store,
+                layout,
+                batch_size,
+                train_size,
+                nprobe,
+                block_size,
+                show_progress,
+                rerank,
+            )
     report.seconds = round(time.perf_counter() - started, 3)
     report.index = str(index_dir)
     record_run(index_dir, "reindex", report.as_dict())
     return report
 
 
-def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
-                       store_url: str, layout: str, batch_size: int, train_size: int | None,
-                       nprobe: int | None, block_size: int,
-                       show_progress: bool | None,
-                       rerank: int | bool | None) -> ReindexReport:
+def _stream_from_cache(
+    index_dir: Path,
+    factory: str | None,
+    metric: str | None,
+    store_url: str,
+    layout: str,
+    batch_size: int,
+    train_size: int | None,
+    nprobe: int | None,
+    block_size: int,
+    show_progress: bool | None,
+    rerank: int | bool | None,
+) -> ReindexReport:
     """Keep the docstore; build a new FAISS index from cached vectors, batch by batch."""
     docstore, manifest = open_docstore(index_dir)
     try:
         factory, metric = factory or manifest.factory, metric or manifest.metric
         n = len(docstore)
         with (
-            IndexBuilder(manifest.dim, metric=metric, factory=factory, layout=layout,
-                         folder=index_dir, block_size=block_size, nprobe=nprobe) as builder,
+            IndexBuilder(
+                manifest.dim,
+                metric=metric,
+                factory=factory,
+                layout=layout,
+                folder=index_dir,
+                block_size=block_size,
+                nprobe=nprobe,
+            ) as builder,
             open_store(store_url) as store,
         ):
             factor = _rerank_for(rerank, factory, builder.scores_exactly)
@@ -248,9 +283,13 @@ def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
             # A miss means nothing will be saved: the rest is only read to count
             # the misses (so the error says how many), never added.
             complete, reader.missing = not reader.missing, 0
-            batches = progress(_key_batches(docstore, batch_size),
-                               total=-(-n // batch_size), desc="indexing", unit="batch",
-                               enabled=show_progress)
+            batches = progress(
+                _key_batches(docstore, batch_size),
+                total=-(-n // batch_size),
+                desc="indexing",
+                unit="batch",
+                enabled=show_progress,
+            )
             for vector_ids, keys in batches:
                 vectors = reader.read(keys)
                 if complete and not reader.missing:
@@ -258,15 +297,29 @@ def _stream_from_cache(index_dir: Path, factory: str | None, metric: str | None,
             if reader.missing:
                 _raise_missing(reader.missing, n, store_url)
             built = builder.finish()
-            save_rebuilt(index_dir, built, docstore, fingerprint=manifest.fingerprint,
-                         lists_file=builder.lists_file, rerank=factor)
+            save_rebuilt(
+                index_dir,
+                built,
+                docstore,
+                fingerprint=manifest.fingerprint,
+                lists_file=builder.lists_file,
+                rerank=factor,
+            )
     finally:
         docstore.close()
     fingerprint = manifest.fingerprint or {}
-    return ReindexReport(documents=n, factory=factory, metric=metric,
-                         model=str(fingerprint.get("model", "")), cache_hits=n, computed=0,
-                         streamed=True, layout=layout, trained_on=trained_on,
-                         rerank=factor)
+    return ReindexReport(
+        documents=n,
+        factory=factory,
+        metric=metric,
+        model=str(fingerprint.get("model", "")),
+        cache_hits=n,
+        computed=0,
+        streamed=True,
+        layout=layout,
+        trained_on=trained_on,
+        rerank=factor,
+    )
 
 
 class _CacheReader(CacheReader):
@@ -308,19 +361,32 @@ def _raise_missing(missing: int, total: int, store_url: str) -> None:
     )
 
 
-def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None,
-                        store: str, model: Any, compute_missing: bool, nprobe: int | None,
-                        show_progress: bool | None,
-                        rerank: int | bool | None) -> ReindexReport:
+def _rebuild_with_model(
+    index_dir: Path,
+    factory: str | None,
+    metric: str | None,
+    store: str,
+    model: Any,
+    compute_missing: bool,
+    nprobe: int | None,
+    show_progress: bool | None,
+    rerank: int | bool | None,
+) -> ReindexReport:
     """Vectors through the model's cache (computing what it lacks), built in memory."""
     old = VectorIndex.load(index_dir)
     try:
         records = list(old.records())
         factory, metric = factory or old.factory, metric or old.metric
         vectors, keys, fingerprint, hits, computed = _embedded(
-            records, model, old.fingerprint, store, model is not None, show_progress)
-        fresh = VectorIndex(vectors.shape[1] if len(vectors) else old.dim, metric=metric,
-                            factory=factory, fingerprint=fingerprint, nprobe=nprobe)
+            records, model, old.fingerprint, store, model is not None, show_progress
+        )
+        fresh = VectorIndex(
+            vectors.shape[1] if len(vectors) else old.dim,
+            metric=metric,
+            factory=factory,
+            fingerprint=fingerprint,
+            nprobe=nprobe,
+        )
     finally:
         old.close()
     try:
@@ -334,20 +400,36 @@ def _rebuild_with_model(index_dir: Path, factory: str | None, metric: str | None
             for start in progress(starts, desc="indexing", unit="batch", enabled=show_progress):
                 stop = start + 50_000
                 rows = records[start:stop]
-                fresh.add(vectors[start:stop], [r.text for r in rows],
-                          [r.metadata for r in rows], ids=[r.id for r in rows],
-                          cache_keys=keys[start:stop])
+                fresh.add(
+                    vectors[start:stop],
+                    [r.text for r in rows],
+                    [r.metadata for r in rows],
+                    ids=[r.id for r in rows],
+                    cache_keys=keys[start:stop],
+                )
         fresh.save(index_dir)
     finally:
         fresh.close()
-    return ReindexReport(documents=len(records), factory=factory, metric=metric,
-                         model=fingerprint.model, cache_hits=hits, computed=computed,
-                         trained_on=trained_on, rerank=factor)
+    return ReindexReport(
+        documents=len(records),
+        factory=factory,
+        metric=metric,
+        model=fingerprint.model,
+        cache_hits=hits,
+        computed=computed,
+        trained_on=trained_on,
+        rerank=factor,
+    )
 
 
-def _embedded(records: list[Record], model: Any, current: ModelFingerprint | None,
-              store_url: str, switching: bool, show_progress: bool | None,
-              ) -> tuple[np.ndarray, list[str | None], ModelFingerprint, int, int]:
+def _embedded(
+    records: list[Record],
+    model: Any,
+    current: ModelFingerprint | None,
+    store_url: str,
+    switching: bool,
+    show_progress: bool | None,
+) -> tuple[np.ndarray, list[str | None], ModelFingerprint, int, int]:
     """Vectors through CachedEmbeddings: cache first, the model for the rest."""
     with CachedEmbeddings(model, store_url) as emb:
         if not switching and current is not None and emb.fingerprint != current:
@@ -356,8 +438,12 @@ def _embedded(records: list[Record], model: Any, current: ModelFingerprint | Non
                 "--model to compute missing vectors"
             )
         texts = [r.text for r in records]
-        parts = [emb.embed_documents_array(p) for p in progress(
-            list(slices(texts, 1024)), desc="embedding", unit="batch", enabled=show_progress)]
+        parts = [
+            emb.embed_documents_array(p)
+            for p in progress(
+                list(slices(texts, 1024)), desc="embedding", unit="batch", enabled=show_progress
+            )
+        ]
         vectors = np.concatenate(parts) if parts else np.empty((0, emb.dim or 0), np.float32)
         keys: list[str | None] = list(emb.document_keys(texts))
         return vectors, keys, emb.fingerprint, emb.stats.hits, emb.stats.computed

@@ -25,8 +25,14 @@ from typing import Any
 
 from cachedvec.errors import ConfigError, SourceError
 
-TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text",
-                 ".text": "text", ".rst": "text", ".jsonl": "jsonl"}
+TEXT_SUFFIXES = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".jsonl": "jsonl",
+}
 _SNIFF = 8192
 
 
@@ -93,8 +99,9 @@ def read_source(path: Path) -> Source:
 class Chunker:
     """Splits sources into :class:`Chunk` objects of bounded size."""
 
-    def __init__(self, chunk_size: int = 1000, chunk_overlap: int = 150,
-                 text_field: str = "text") -> None:
+    def __init__(
+        self, chunk_size: int = 1000, chunk_overlap: int = 150, text_field: str = "text"
+    ) -> None:
         if chunk_size < 1:
             raise ConfigError(f"chunk size must be positive, got {chunk_size}")
         if not 0 <= chunk_overlap < chunk_size:
@@ -110,14 +117,18 @@ class Chunker:
         self._splitters = {
             "markdown": MarkdownTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap),
             "text": RecursiveCharacterTextSplitter(
-                chunk_size=chunk_size, chunk_overlap=chunk_overlap),
+                chunk_size=chunk_size, chunk_overlap=chunk_overlap
+            ),
         }
 
     @property
     def settings(self) -> dict[str, Any]:
         """What changes the chunks: part of a source's recorded version."""
-        return {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
-                "text_field": self.text_field}
+        return {
+            "chunk_size": self.chunk_size,
+            "chunk_overlap": self.chunk_overlap,
+            "text_field": self.text_field,
+        }
 
     def chunks(self, source: Source) -> list[Chunk]:
         base = {"source": source.name}
@@ -142,8 +153,11 @@ class Chunker:
                     f"{source.name}:{lineno}: expected an object with a string "
                     f"{self.text_field!r} field"
                 )
-            extra = {k: v for k, v in record.items() if k != self.text_field
-                     and isinstance(v, (str, int, float, bool)) and k not in base}
+            extra = {
+                k: v
+                for k, v in record.items()
+                if k != self.text_field and isinstance(v, (str, int, float, bool)) and k not in base
+            }
             for piece in self._splitters["text"].split_text(record[self.text_field]):
                 if piece.strip():
                     yield Chunk(piece, {**extra, **base})

@@ -477,8 +477,9 @@ class CachedVectorStore(VectorStore):
             index.ef_search = ef_search
         if nprobe is not None:
             index.nprobe = nprobe
-        return cls(embedding, metric=index.metric, factory=index.factory, index=index,
-                   rerank=rerank)
+        return cls(
+            embedding, metric=index.metric, factory=index.factory, index=index, rerank=rerank
+        )
 
     def close(self) -> None:
         """Release the docstore; the store is unusable afterwards (ConfigError)."""

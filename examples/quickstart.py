@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="folder of .md/.txt files")
     args = parser.parse_args()
     if args.store.startswith("sqlite:///"):
-        Path(args.store[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.store[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     texts = paragraphs(args.corpus)
     print(f"{len(texts)} paragraphs from {args.corpus}")
     for run in ("first", "second"):
@@ -42,9 +42,11 @@ def main() -> None:
             vectors = emb.embed_documents_array(texts)
             elapsed = time.perf_counter() - start
             s = emb.stats
-            print(f"{run} pass: {vectors.shape[0]} vectors of dim {vectors.shape[1]} in "
-                  f"{elapsed:.2f}s ({len(texts) / elapsed:,.0f} texts/s): "
-                  f"{s.hits} hits, {s.misses} misses, {s.computed} computed")
+            print(
+                f"{run} pass: {vectors.shape[0]} vectors of dim {vectors.shape[1]} in "
+                f"{elapsed:.2f}s ({len(texts) / elapsed:,.0f} texts/s): "
+                f"{s.hits} hits, {s.misses} misses, {s.computed} computed"
+            )
 
 
 if __name__ == "__main__":

@@ -35,29 +35,39 @@ def show_answer(index: Path, store: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="Folder for the index and the cache (default: a new temp folder).")
-    parser.add_argument("--factory", action="append", default=None,
-                        help="FAISS factory string to rebuild with (repeatable; "
-                             "default: HNSW32 and IVF4,PQ16x4).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Folder for the index and the cache (default: a new temp folder).",
+    )
+    parser.add_argument(
+        "--factory",
+        action="append",
+        default=None,
+        help="FAISS factory string to rebuild with (repeatable; default: HNSW32 and IVF4,PQ16x4).",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cachedvec-reindexing-"))
     index, store = workdir / "index", f"sqlite:///{workdir / 'cache.db'}"
     factories = args.factory or ["HNSW32", "IVF4,PQ16x4"]
 
     # Smaller chunks than the default give IVF/PQ enough vectors to train on.
-    first = cachedvec.ingest([CORPUS], index=index, store=store, chunk_size=500,
-                             chunk_overlap=50)
-    print(f"ingest Flat: {first.documents} chunks, {first.computed} vectors computed, "
-          f"{first.cache_hits} from the cache, in {first.seconds:.2f}s")
+    first = cachedvec.ingest([CORPUS], index=index, store=store, chunk_size=500, chunk_overlap=50)
+    print(
+        f"ingest Flat: {first.documents} chunks, {first.computed} vectors computed, "
+        f"{first.cache_hits} from the cache, in {first.seconds:.2f}s"
+    )
     show_answer(index, store)
 
     for factory in factories:
         report = cachedvec.reindex(index, factory=factory, store=store)
         speedup = first.seconds / report.seconds if report.seconds else float("inf")
-        print(f"reindex {factory}: {report.documents} chunks, {report.computed} vectors "
-              f"computed, {report.cache_hits} from the cache, in {report.seconds:.2f}s "
-              f"({speedup:.0f}x faster than the first ingest)")
+        print(
+            f"reindex {factory}: {report.documents} chunks, {report.computed} vectors "
+            f"computed, {report.cache_hits} from the cache, in {report.seconds:.2f}s "
+            f"({speedup:.0f}x faster than the first ingest)"
+        )
         show_answer(index, store)
     print(f"work folder: {workdir}")
 

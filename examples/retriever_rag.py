@@ -35,11 +35,16 @@ QUESTIONS = [
     "How many unused holiday days can I take into next year?",
     "My kettle flashes red once and won't heat. What's wrong?",
 ]
-PROMPT = ChatPromptTemplate.from_messages([
-    ("system", "Answer the question using only the context below. If the context does not "
-               "hold the answer, say so.\n\nContext:\n{context}"),
-    ("human", "{question}"),
-])
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        (
+            "system",
+            "Answer the question using only the context below. If the context does not "
+            "hold the answer, say so.\n\nContext:\n{context}",
+        ),
+        ("human", "{question}"),
+    ]
+)
 
 
 def load_documents() -> list[Document]:
@@ -50,8 +55,9 @@ def load_documents() -> list[Document]:
         for path in sorted(folder.glob("*")):
             if path.suffix in (".md", ".txt"):
                 source = str(path.relative_to(CORPUS))
-                documents += splitter.create_documents([path.read_text("utf-8")],
-                                                       metadatas=[{"source": source}])
+                documents += splitter.create_documents(
+                    [path.read_text("utf-8")], metadatas=[{"source": source}]
+                )
     return documents
 
 
@@ -70,10 +76,18 @@ def build_chain(retriever: Runnable) -> Runnable:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="Folder for the cache and the index (default: a new temp folder).")
-    parser.add_argument("--question", action="append", default=None,
-                        help="Question to ask (repeatable; default: two example questions).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Folder for the cache and the index (default: a new temp folder).",
+    )
+    parser.add_argument(
+        "--question",
+        action="append",
+        default=None,
+        help="Question to ask (repeatable; default: two example questions).",
+    )
     parser.add_argument("-k", type=int, default=3, help="Chunks to retrieve per question.")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cachedvec-rag-"))
@@ -84,8 +98,10 @@ def main() -> None:
     with CachedEmbeddings(store=store) as embeddings:
         vectorstore = CachedVectorStore.from_documents(documents, embedding=embeddings)
         s = embeddings.stats
-        print(f"indexed {len(documents)} chunks: {s.computed} vectors computed, "
-              f"{s.hits} from the cache")
+        print(
+            f"indexed {len(documents)} chunks: {s.computed} vectors computed, "
+            f"{s.hits} from the cache"
+        )
         chain = build_chain(vectorstore.as_retriever(search_kwargs={"k": args.k}))
 
         for question in args.question or QUESTIONS:
@@ -101,8 +117,10 @@ def main() -> None:
 
         vectorstore.save(index)
         vectorstore.close()
-    print(f"\nsaved the index; ask it from the shell:\n"
-          f"  cachedvec query \"How do I descale the kettle?\" --index {index} --store {store}")
+    print(
+        f"\nsaved the index; ask it from the shell:\n"
+        f'  cachedvec query "How do I descale the kettle?" --index {index} --store {store}'
+    )
 
 
 if __name__ == "__main__":

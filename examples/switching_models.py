@@ -44,31 +44,44 @@ def show_answer(index: Path, store: str, model: object) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="Folder for the indexes and the cache (default: a new temp folder).")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Folder for the indexes and the cache (default: a new temp folder).",
+    )
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cachedvec-switching-"))
     index, trial, store = workdir / "index", workdir / "trial", f"sqlite:///{workdir / 'cache.db'}"
 
     default = cachedvec.default_model()
     # Same weights and name; the prompts alone give it its own fingerprint.
-    prompted = SentenceTransformerModel(get_model_path(), identity=DEFAULT_MODEL_NAME,
-                                        document_prompt="passage: ", query_prompt="query: ")
+    prompted = SentenceTransformerModel(
+        get_model_path(),
+        identity=DEFAULT_MODEL_NAME,
+        document_prompt="passage: ",
+        query_prompt="query: ",
+    )
     print(f"default model namespace:  {default.fingerprint.namespace()}")
     print(f"prompted model namespace: {prompted.fingerprint.namespace()}")
 
     report = cachedvec.ingest([KETTLE, BICYCLE], index=index, store=store, model=default)
-    print(f"1. ingest, default model:   {report.documents} chunks, {report.computed} computed, "
-          f"{report.cache_hits} from the cache")
+    print(
+        f"1. ingest, default model:   {report.documents} chunks, {report.computed} computed, "
+        f"{report.cache_hits} from the cache"
+    )
     show_answer(index, store, default)
 
     report = cachedvec.ingest([KETTLE], index=trial, store=store, model=prompted)
-    print(f"2. trial, prompted model:   {report.documents} kettle chunks, "
-          f"{report.computed} computed")
+    print(
+        f"2. trial, prompted model:   {report.documents} kettle chunks, {report.computed} computed"
+    )
 
     switched = cachedvec.reindex(index, store=store, model=prompted)
-    print(f"3. switch to prompted:      {switched.documents} chunks, {switched.computed} "
-          f"computed, {switched.cache_hits} from the cache, in {switched.seconds:.2f}s")
+    print(
+        f"3. switch to prompted:      {switched.documents} chunks, {switched.computed} "
+        f"computed, {switched.cache_hits} from the cache, in {switched.seconds:.2f}s"
+    )
     show_answer(index, store, prompted)
     try:
         cachedvec.query(QUESTION, index=index, store=store, model=default)
@@ -76,8 +89,10 @@ def main() -> None:
         print(f"  asking it with the old model is refused: {exc}")
 
     back = cachedvec.reindex(index, store=store, model=default)
-    print(f"4. switch back to default:  {back.documents} chunks, {back.computed} computed, "
-          f"{back.cache_hits} from the cache, in {back.seconds:.2f}s")
+    print(
+        f"4. switch back to default:  {back.documents} chunks, {back.computed} computed, "
+        f"{back.cache_hits} from the cache, in {back.seconds:.2f}s"
+    )
     show_answer(index, store, default)
     print(f"work folder: {workdir}")
 

@@ -97,8 +97,9 @@ class LoggingFake(FakeEmbeddings):
             time.sleep(self.sleep)
         out = super().embed_array(texts)
         if self._log is not None:
-            line = json.dumps({"event": "batch", "model": self.name, "texts": list(texts)},
-                              ensure_ascii=True)
+            line = json.dumps(
+                {"event": "batch", "model": self.name, "texts": list(texts)}, ensure_ascii=True
+            )
             os.write(self._log, (line + "\n").encode())
         return out
 
@@ -131,18 +132,37 @@ def log_event(path: str, **event: Any) -> None:
 # Each job runs in a forked child; what it prints goes to the child's stdout file.
 
 
-def ingest_job(corpus: str, index: str, store: str, log: str, sleep: float = 0.01,
-               batch_size: int = 4, chunk_size: int = 120) -> None:
+def ingest_job(
+    corpus: str,
+    index: str,
+    store: str,
+    log: str,
+    sleep: float = 0.01,
+    batch_size: int = 4,
+    chunk_size: int = 120,
+) -> None:
     import cachedvec
 
-    report = cachedvec.ingest([corpus], index=index, store=store,
-                              model=LoggingFake(log, sleep=sleep), chunk_size=chunk_size,
-                              chunk_overlap=0, batch_size=batch_size)
+    report = cachedvec.ingest(
+        [corpus],
+        index=index,
+        store=store,
+        model=LoggingFake(log, sleep=sleep),
+        chunk_size=chunk_size,
+        chunk_overlap=0,
+        batch_size=batch_size,
+    )
     print(json.dumps(report.as_dict()))
 
 
-def reindex_job(index: str, store: str, log: str, model: str | None = None,
-                factory: str | None = None, sleep: float = 0.01) -> None:
+def reindex_job(
+    index: str,
+    store: str,
+    log: str,
+    model: str | None = None,
+    factory: str | None = None,
+    sleep: float = 0.01,
+) -> None:
     import cachedvec
 
     fake = LoggingFake(log, sleep=sleep, name=model) if model else None
@@ -150,8 +170,9 @@ def reindex_job(index: str, store: str, log: str, model: str | None = None,
     print(json.dumps(report.as_dict()))
 
 
-def embed_job(store: str, texts: list[str], log: str, sleep: float = 0.002,
-              batch_size: int = 8) -> None:
+def embed_job(
+    store: str, texts: list[str], log: str, sleep: float = 0.002, batch_size: int = 8
+) -> None:
     from cachedvec import CachedEmbeddings
 
     model = LoggingFake(log, sleep=sleep)
@@ -193,8 +214,9 @@ def save_job(folder: str, log: str, versions: int, factory: str = "Flat") -> Non
             index.delete([f"d{n}" for n in sorted(held - set(wanted))])
             new = [n for n in wanted if n not in held]
             texts = [save_text(n) for n in new]
-            index.add(model.embed_array(texts), texts, [{"n": n} for n in new],
-                      ids=[f"d{n}" for n in new])
+            index.add(
+                model.embed_array(texts), texts, [{"n": n} for n in new], ids=[f"d{n}" for n in new]
+            )
             log_event(log, event="saving", version=version)
             index.save(path)
             log_event(log, event="saved", version=version)
@@ -208,8 +230,9 @@ def saved_version(index: Any) -> int:
     return version
 
 
-def cli_job(argv: list[str], log: str, sleep: float = 0.01,
-            interrupt_store_close: bool = False) -> None:
+def cli_job(
+    argv: list[str], log: str, sleep: float = 0.01, interrupt_store_close: bool = False
+) -> None:
     """``cachedvec ARGV`` in this process, with ``--model fake`` meaning :class:`LoggingFake`.
 
     Only the model argument is swapped (the real model takes seconds to
@@ -269,8 +292,12 @@ def fd_limit_job(urls: dict[str, str], index: str, save: bool, limit: int = 256)
         try:
             work()
         except Exception as exc:
-            outcome.update(ok=False, type=type(exc).__name__, message=str(exc),
-                           cachedvec=isinstance(exc, CachedVecError))
+            outcome.update(
+                ok=False,
+                type=type(exc).__name__,
+                message=str(exc),
+                cachedvec=isinstance(exc, CachedVecError),
+            )
         outcomes.append(outcome)
         gc.collect()  # what a failed attempt opened is released before the next
 
@@ -290,7 +317,7 @@ def fd_limit_job(urls: dict[str, str], index: str, save: bool, limit: int = 256)
                 held.append(os.open(os.devnull, os.O_RDONLY))
         except OSError:
             pass
-        for fd in held[len(held) - free:]:
+        for fd in held[len(held) - free :]:
             os.close(fd)
         for kind, url in sorted(urls.items()):
             attempt(free, kind, lambda url=url, free=free: embed(url, free))
@@ -303,11 +330,23 @@ def fd_limit_job(urls: dict[str, str], index: str, save: bool, limit: int = 256)
 # ------------------------------------------------------------------ fork server
 
 _PRELOAD = (
-    "cachedvec", "cachedvec.cli", "cachedvec.embeddings", "cachedvec.ingestion",
-    "cachedvec.reindexing", "cachedvec.index", "cachedvec.stores.file", "cachedvec.stores.sql",
-    "cachedvec.stores.diskcache", "cachedvec.sources", "cachedvec.migrate", "faiss",
-    "psycopg", "langchain_text_splitters", "sqlalchemy.dialects.sqlite",
-    "sqlalchemy.dialects.postgresql", "tests.crash_harness",
+    "cachedvec",
+    "cachedvec.cli",
+    "cachedvec.embeddings",
+    "cachedvec.ingestion",
+    "cachedvec.reindexing",
+    "cachedvec.index",
+    "cachedvec.stores.file",
+    "cachedvec.stores.sql",
+    "cachedvec.stores.diskcache",
+    "cachedvec.sources",
+    "cachedvec.migrate",
+    "faiss",
+    "psycopg",
+    "langchain_text_splitters",
+    "sqlalchemy.dialects.sqlite",
+    "sqlalchemy.dialects.postgresql",
+    "tests.crash_harness",
 )
 
 
@@ -334,8 +373,13 @@ class ForkServer:
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash_harness"], cwd=REPO, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            [sys.executable, "-m", "tests.crash_harness"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
         )
         self._ask({"op": "ping"})
         self._count = 0
@@ -349,8 +393,15 @@ class ForkServer:
             raise RuntimeError(f"fork server died (exit {self._proc.wait()})")
         return json.loads(line)  # type: ignore[no-any-return]
 
-    def run(self, job: Callable[..., Any], *, kill_after: float | None = None,
-            sig: int = signal.SIGKILL, timeout: float = 120, **kwargs: Any) -> Outcome:
+    def run(
+        self,
+        job: Callable[..., Any],
+        *,
+        kill_after: float | None = None,
+        sig: int = signal.SIGKILL,
+        timeout: float = 120,
+        **kwargs: Any,
+    ) -> Outcome:
         """Run ``job(**kwargs)`` in a child; send ``sig`` after ``kill_after`` seconds."""
         self._count += 1
         out = self.workdir / f"child-{self._count}.out"
@@ -359,8 +410,15 @@ class ForkServer:
         out.write_text("")
         err.write_text("")
         started = time.monotonic()
-        pid = self._ask({"op": "fork", "job": f"{job.__module__}:{job.__name__}",
-                         "kwargs": kwargs, "stdout": str(out), "stderr": str(err)})["pid"]
+        pid = self._ask(
+            {
+                "op": "fork",
+                "job": f"{job.__module__}:{job.__name__}",
+                "kwargs": kwargs,
+                "stdout": str(out),
+                "stderr": str(err),
+            }
+        )["pid"]
         signalled = False
         if kill_after is not None:
             # The server reaps a child only when asked (below), so until then
@@ -373,8 +431,13 @@ class ForkServer:
             os.kill(pid, signal.SIGKILL)
             self._ask({"op": "wait", "pid": pid, "timeout": 30})
             raise TimeoutError(f"{job.__name__} did not finish in {timeout}s")
-        return Outcome(status["returncode"], out.read_text(), err.read_text(),
-                       time.monotonic() - started, signalled)
+        return Outcome(
+            status["returncode"],
+            out.read_text(),
+            err.read_text(),
+            time.monotonic() - started,
+            signalled,
+        )
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -462,10 +525,16 @@ def _fork(request: dict[str, Any]) -> int:
 # --------------------------------------------------------------- plain processes
 
 
-def run_and_signal(argv: Sequence[str], *, kill_after: float | None,
-                   sig: int = signal.SIGKILL, cwd: Path | None = None,
-                   env: dict[str, str] | None = None, timeout: float = 300,
-                   until: Callable[[], bool] | None = None) -> Outcome:
+def run_and_signal(
+    argv: Sequence[str],
+    *,
+    kill_after: float | None,
+    sig: int = signal.SIGKILL,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    until: Callable[[], bool] | None = None,
+) -> Outcome:
     """Run a command; send ``sig`` ``kill_after`` seconds after start (or after ``until()``).
 
     With ``until``, the clock starts when ``until()`` first returns true
@@ -474,9 +543,15 @@ def run_and_signal(argv: Sequence[str], *, kill_after: float | None,
     started = time.monotonic()
     # SIGINT back to its default in the child: a shell running pytest in the
     # background leaves it ignored, and Python would never see the Ctrl-C.
-    proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     signalled = False
     if kill_after is not None:
         while until is not None and proc.poll() is None and not until():

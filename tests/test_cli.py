@@ -65,8 +65,7 @@ class Workspace:
         self.corpus.mkdir()
         (self.corpus / "kettle.md").write_text("\n\n".join(KETTLE) + "\n", "utf-8")
         (self.corpus / "bees.txt").write_text("\n\n".join(BEES) + "\n", "utf-8")
-        (self.corpus / "faq.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in FAQ), "utf-8")
+        (self.corpus / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in FAQ), "utf-8")
         self.index = root / "index"
         self.store = f"sqlite:///{root / 'cache.db'}"
 
@@ -79,8 +78,14 @@ class Workspace:
 
     def fake_ingest(self) -> int:
         """Build the index with the fake model (no real model needed); its size."""
-        report = cachedvec.ingest([self.corpus], index=self.index, store=self.store,
-                                  model=FakeEmbeddings(384), chunk_size=100, chunk_overlap=0)
+        report = cachedvec.ingest(
+            [self.corpus],
+            index=self.index,
+            store=self.store,
+            model=FakeEmbeddings(384),
+            chunk_size=100,
+            chunk_overlap=0,
+        )
         return report.documents
 
 
@@ -115,14 +120,16 @@ def error_line(result: Result) -> str:
 
 def index_files(index: Path) -> dict[str, int]:
     """mtimes of the index's data files (the run history is appended on purpose)."""
-    return {p.name: p.stat().st_mtime_ns for p in index.iterdir()
-            if p.is_file() and p.name != "history.jsonl"}
+    return {
+        p.name: p.stat().st_mtime_ns
+        for p in index.iterdir()
+        if p.is_file() and p.name != "history.jsonl"
+    }
 
 
 def doc_entries(store: str) -> int:
     with open_store(store) as opened:
-        return sum(s.entries for ns, s in opened.namespace_stats().items()
-                   if ns.endswith(":doc:"))
+        return sum(s.entries for ns, s in opened.namespace_stats().items() if ns.endswith(":doc:"))
 
 
 # ----------------------------------------------------------------- help
@@ -159,7 +166,8 @@ def test_ingest_reports_counts_and_a_second_run_does_nothing(ws: Workspace) -> N
     again = ws.ingest()
     assert again["skipped"] == chunks and again["sources"]["skipped"] == 3
     assert {k: again[k] for k in REPORT_FIELDS - {"skipped"}} == dict.fromkeys(
-        REPORT_FIELDS - {"skipped"}, 0)
+        REPORT_FIELDS - {"skipped"}, 0
+    )
     assert index_files(ws.index) == before  # unchanged sources: no index write at all
 
 
@@ -178,7 +186,11 @@ def test_ingest_replaces_exactly_the_changed_chunks(ws: Workspace) -> None:
     bees.write_text("\n\n".join(BEES) + "\n", "utf-8")
     report = ws.ingest()
     assert (report["added"], report["deleted"], report["cache_hits"], report["computed"]) == (
-        1, 1, 1, 0)
+        1,
+        1,
+        1,
+        0,
+    )
 
 
 @pytest.mark.model
@@ -193,8 +205,9 @@ def test_ingest_cleanup_deletes_removed_sources(ws: Workspace) -> None:
 
 
 @pytest.mark.model
-def test_ingest_and_query_use_dot_cachedvec_by_default(ws: Workspace,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ingest_and_query_use_dot_cachedvec_by_default(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ws.root)
     report = cli_json("ingest", "corpus", *CHUNKING)
     assert report["index"] == os.path.join(".cachedvec", "index")
@@ -227,8 +240,9 @@ def test_query_returns_ranked_results_and_caches_the_question(ws: Workspace) -> 
 @pytest.mark.model
 def test_query_filter_and_text_output(ws: Workspace) -> None:
     ws.ingest()
-    found = cli_json("query", "boiling water", "-k", "5", *ws.where,
-                     "--filter", '{"topic": "bees"}')
+    found = cli_json(
+        "query", "boiling water", "-k", "5", *ws.where, "--filter", '{"topic": "bees"}'
+    )
     assert [h["metadata"]["topic"] for h in found["results"]] == ["bees"]
     text = cli("query", "How do I descale the kettle?", "-k", "1", *ws.where)
     assert text.exit_code == 0 and text.stderr == ""
@@ -263,7 +277,10 @@ def test_reindex_rebuilds_from_the_cache_with_zero_model_calls(ws: Workspace) ->
     report = cli_json("reindex", *ws.where, "--factory", "HNSW32")
     assert report["factory"] == "HNSW32" and report["metric"] == "cosine"
     assert (report["documents"], report["cache_hits"], report["computed"]) == (
-        documents, documents, 0)
+        documents,
+        documents,
+        0,
+    )
     assert read_manifest(ws.index).factory == "HNSW32"
     top = cli_json("query", "How do I descale the kettle?", "-k", "1", *ws.where)
     assert top["results"][0]["text"] == KETTLE[1]
@@ -273,12 +290,21 @@ def test_reindex_rebuilds_from_the_cache_with_zero_model_calls(ws: Workspace) ->
 def test_reindex_computes_missing_vectors_only_when_asked(ws: Workspace) -> None:
     documents = ws.ingest()["documents"]
     empty_cache = f"sqlite:///{ws.root / 'other.db'}"
-    line = error_line(cli("reindex", "--index", ws.index, "--store", empty_cache,
-                          "--factory", "HNSW32"))
+    line = error_line(
+        cli("reindex", "--index", ws.index, "--store", empty_cache, "--factory", "HNSW32")
+    )
     assert f"{documents} of {documents} vectors are not in the cache" in line
     assert read_manifest(ws.index).factory == "Flat"  # nothing changed
-    report = cli_json("reindex", "--index", ws.index, "--store", empty_cache,
-                      "--factory", "HNSW32", "--compute-missing")
+    report = cli_json(
+        "reindex",
+        "--index",
+        ws.index,
+        "--store",
+        empty_cache,
+        "--factory",
+        "HNSW32",
+        "--compute-missing",
+    )
     assert (report["computed"], report["cache_hits"]) == (documents, 0)
 
 
@@ -380,8 +406,16 @@ def test_unreadable_file(ws: Workspace) -> None:
 def test_store_that_cannot_be_opened(ws: Workspace, command: str) -> None:
     (ws.root / "plain-file").write_text("not a folder")
     args: dict[str, list[str | Path]] = {"ingest": [ws.corpus], "query": ["a question"]}
-    error_line(cli(command, *args.get(command, []), "--index", ws.index,
-                   "--store", f"sqlite:///{ws.root / 'plain-file' / 'cache.db'}"))
+    error_line(
+        cli(
+            command,
+            *args.get(command, []),
+            "--index",
+            ws.index,
+            "--store",
+            f"sqlite:///{ws.root / 'plain-file' / 'cache.db'}",
+        )
+    )
 
 
 @pytest.mark.parametrize("command", ["ingest", "query", "stats", "prune", "reindex"])
@@ -389,8 +423,11 @@ def test_unknown_store_scheme(ws: Workspace, command: str) -> None:
     ws.fake_ingest()
     at: list[str | Path] = ["--index", ws.index]
     args: dict[str, list[str | Path]] = {
-        "ingest": [ws.corpus, *at], "query": ["a question", *at], "reindex": at,
-        "prune": ["--older-than", "1d"]}
+        "ingest": [ws.corpus, *at],
+        "query": ["a question", *at],
+        "reindex": at,
+        "prune": ["--older-than", "1d"],
+    }
     line = error_line(cli(command, *args.get(command, []), "--store", "bogus://cache"))
     assert "unknown store scheme 'bogus'" in line
 
@@ -414,8 +451,9 @@ def test_bad_filter(ws: Workspace, filter_json: str) -> None:
 
 def test_reindex_with_vectors_missing_says_how_many(ws: Workspace) -> None:
     documents = ws.fake_ingest()
-    line = error_line(cli("reindex", "--index", ws.index, "--store", "memory://",
-                          "--factory", "HNSW32"))
+    line = error_line(
+        cli("reindex", "--index", ws.index, "--store", "memory://", "--factory", "HNSW32")
+    )
     assert f"{documents} of {documents} vectors are not in the cache" in line
     assert "--compute-missing" in line
 
@@ -431,10 +469,12 @@ def test_commands_that_only_read_the_cache_never_create_one(ws: Workspace, kind:
     # A mistyped --store must not pass as an empty cache (and leave one behind).
     ws.fake_ingest()
     typo = store_url(kind, ws.root / "typo")
-    for command in (["stats"], ["prune", "--older-than", "30d", "--dry-run"],
-                    ["query", "a question", "--index", ws.index]):
-        assert "no cache has been written there" in error_line(
-            cli(*command, "--store", typo))
+    for command in (
+        ["stats"],
+        ["prune", "--older-than", "30d", "--dry-run"],
+        ["query", "a question", "--index", ws.index],
+    ):
+        assert "no cache has been written there" in error_line(cli(*command, "--store", typo))
     assert not (ws.root / "typo").exists()
 
 
@@ -467,8 +507,9 @@ def test_ingest_keeps_the_metric_of_an_existing_index_unless_told_otherwise(
     assert read_manifest(ws.index).metric == "l2"
 
 
-@pytest.mark.parametrize("option", [["--chunk-size", "0"], ["--chunk-overlap", "5000"],
-                                    ["--factory", "NoSuchIndex7"]])
+@pytest.mark.parametrize(
+    "option", [["--chunk-size", "0"], ["--chunk-overlap", "5000"], ["--factory", "NoSuchIndex7"]]
+)
 def test_bad_ingest_options(ws: Workspace, option: list[str]) -> None:
     error_line(cli("ingest", ws.corpus, *ws.where, *option))
     assert not ws.index.exists()
@@ -479,9 +520,15 @@ def test_migrate_a_store_that_is_not_sql(url: str) -> None:
     assert "SQL" in error_line(cli("migrate", "--store", url))
 
 
-@pytest.mark.parametrize("url", ["postgres://u:secret@127.0.0.1:1/db", "sqlitex:///a.db",
-                                 "postgresql+psycopg://u:secret@127.0.0.1:abc/db",
-                                 "postgresql+psycopg2://u:secret@127.0.0.1/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:secret@127.0.0.1:1/db",
+        "sqlitex:///a.db",
+        "postgresql+psycopg://u:secret@127.0.0.1:abc/db",
+        "postgresql+psycopg2://u:secret@127.0.0.1/db",
+    ],
+)
 def test_migrate_bad_sql_urls_are_one_line(url: str) -> None:
     line = error_line(cli("migrate", "--store", url))
     assert "secret" not in line
@@ -500,8 +547,14 @@ def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:
     ws.fake_ingest()
     (ws.corpus / "blank.txt").write_text("   \n", "utf-8")
     ws.fake_ingest()
-    again = cachedvec.ingest([ws.corpus], index=ws.index, store=ws.store,
-                             model=FakeEmbeddings(384), chunk_size=100, chunk_overlap=0)
+    again = cachedvec.ingest(
+        [ws.corpus],
+        index=ws.index,
+        store=ws.store,
+        model=FakeEmbeddings(384),
+        chunk_size=100,
+        chunk_overlap=0,
+    )
     assert again.sources.added == 0 and again.sources.skipped == 4
 
 
@@ -510,8 +563,14 @@ def test_an_edit_that_keeps_every_chunk_is_recorded_once(ws: Workspace) -> None:
     with open(ws.corpus / "bees.txt", "a", encoding="utf-8") as f:
         f.write("\n\n\n")
     ws.fake_ingest()
-    again = cachedvec.ingest([ws.corpus], index=ws.index, store=ws.store,
-                             model=FakeEmbeddings(384), chunk_size=100, chunk_overlap=0)
+    again = cachedvec.ingest(
+        [ws.corpus],
+        index=ws.index,
+        store=ws.store,
+        model=FakeEmbeddings(384),
+        chunk_size=100,
+        chunk_overlap=0,
+    )
     assert again.sources.updated == 0 and again.sources.skipped == 3
 
 
@@ -550,9 +609,13 @@ def _until(condition: Any, process: subprocess.Popen[str], timeout: float = 120)
 def _start(*args: str | Path) -> subprocess.Popen[str]:
     # Reset SIGINT in the child: a shell running pytest in the background
     # leaves it ignored, and Python would then never raise KeyboardInterrupt.
-    return subprocess.Popen([CLI, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [CLI, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def test_an_interrupt_hidden_behind_a_cleanup_error_still_exits_as_an_interrupt(
@@ -615,8 +678,7 @@ def test_ctrl_c_leaves_the_index_whole_and_the_next_run_finishes(ws: Workspace) 
     report = ws.ingest()
     assert report["sources"] == {"added": 1, "updated": 0, "skipped": 3, "deleted": 0}
     with VectorIndex.load(ws.index) as vindex:
-        new_texts = [r.text for r in vindex.records()
-                     if Path(r.metadata["source"]).name in added]
+        new_texts = [r.text for r in vindex.records() if Path(r.metadata["source"]).name in added]
     assert report["added"] == len(new_texts) > saved >= 4
     assert report["cache_hits"] == saved
     assert report["computed"] == len(set(new_texts)) - saved
@@ -634,16 +696,20 @@ def test_kill_prints_one_line_and_exits_non_zero(ws: Workspace) -> None:
 
 def test_progress_bar_only_on_a_terminal(ws: Workspace) -> None:
     ws.fake_ingest()
-    plain = subprocess.run([CLI, "reindex", *ws.where], capture_output=True, text=True,
-                           check=True)
+    plain = subprocess.run([CLI, "reindex", *ws.where], capture_output=True, text=True, check=True)
     assert plain.stderr == "" and plain.stdout.startswith("rebuilt ")
 
     leader, follower = pty.openpty()
     # A terminal of zero columns gets an empty bar: give it a real size.
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     try:
-        terminal = subprocess.run([CLI, "reindex", *ws.where], stdout=subprocess.PIPE,
-                                  stderr=follower, text=True, check=True)
+        terminal = subprocess.run(
+            [CLI, "reindex", *ws.where],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+            check=True,
+        )
     finally:
         os.close(follower)
     shown = b""

@@ -18,8 +18,9 @@ from cachedvec.errors import CodecError, ConfigError
 finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 
 
-@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
-                  elements=finite32))
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=finite32)
+)
 def test_float32_round_trip_is_exact(matrix: np.ndarray) -> None:
     codec = VectorCodec()
     values = codec.encode_many(matrix)
@@ -145,8 +146,13 @@ def test_a_batch_mixing_versions_and_gaps_decodes() -> None:
     rng = np.random.default_rng(2)
     vectors = rng.standard_normal((10, 8)).astype(np.float32)
     codec = VectorCodec(8)
-    values = [v1_value(vectors[0]), codec.encode(vectors[1]), None,
-              v1_value(vectors[3].astype(np.float16), code=2), *codec.encode_many(vectors[4:])]
+    values = [
+        v1_value(vectors[0]),
+        codec.encode(vectors[1]),
+        None,
+        v1_value(vectors[3].astype(np.float16), code=2),
+        *codec.encode_many(vectors[4:]),
+    ]
     matrix, missing, corrupt = codec.decode_many(values)
     assert missing == [2] and corrupt == []
     keep = [0, 1, *range(4, 10)]

@@ -96,7 +96,8 @@ VALUE_DAMAGES: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "empty": lambda v, rng: b"",
     "header only": lambda v, rng: v[:8],
     "wrong dimension": lambda v, rng: VectorCodec().encode(
-        np.ones(rng.choice([DIM - 1, DIM + 1, 2 * DIM]), np.float32)),
+        np.ones(rng.choice([DIM - 1, DIM + 1, 2 * DIM]), np.float32)
+    ),
     "future format version": lambda v, rng: _rewrite_header(v, 2, 3),
     "unknown dtype": lambda v, rng: _rewrite_header(v, 3, 9),
     "dimension field lies": lambda v, rng: _rewrite_header(v, 4, DIM + 1),
@@ -187,8 +188,15 @@ def corpus(tmp_path: Path) -> Path:
 
 
 def ingest(corpus: Path, index: Path, url: str, **options: Any) -> Any:
-    return cachedvec.ingest([corpus], index=index, store=url, model=FakeEmbeddings(DIM),
-                            chunk_size=60, chunk_overlap=0, **options)
+    return cachedvec.ingest(
+        [corpus],
+        index=index,
+        store=url,
+        model=FakeEmbeddings(DIM),
+        chunk_size=60,
+        chunk_overlap=0,
+        **options,
+    )
 
 
 def index_vectors_are_the_model_s(index: Path) -> int:
@@ -219,8 +227,9 @@ def test_reindex_refuses_damaged_vectors_then_recomputes_exactly_them(
         cachedvec.reindex(index, factory="HNSW16", store=url)
     assert refused.value.missing == len(damaged)
     assert (index / "manifest.json").read_bytes() == manifest  # nothing changed
-    report = cachedvec.reindex(index, factory="HNSW16", store=url, compute_missing=True,
-                               model=FakeEmbeddings(DIM))
+    report = cachedvec.reindex(
+        index, factory="HNSW16", store=url, compute_missing=True, model=FakeEmbeddings(DIM)
+    )
     assert (report.computed, report.cache_hits) == (7, documents - 7)
     assert index_vectors_are_the_model_s(index) == documents
     FIGURES.add("damaged values refused by reindex, then recomputed", 7)
@@ -262,8 +271,12 @@ def test_a_damaged_cached_query_is_recomputed(corpus: Path, tmp_path: Path) -> N
 def build_index(folder: Path, factory: str, n: int = 300) -> None:
     texts = [f"document {i} words w{i % 13} w{i % 7}" for i in range(n)]
     index = VectorIndex(DIM, factory=factory, fingerprint=FakeEmbeddings(DIM).fingerprint)
-    index.add(truth(texts), texts, [{"n": i, "source": f"s{i % 4}"} for i in range(n)],
-              ids=[f"d{i}" for i in range(n)])
+    index.add(
+        truth(texts),
+        texts,
+        [{"n": i, "source": f"s{i % 4}"} for i in range(n)],
+        ids=[f"d{i}" for i in range(n)],
+    )
     index.delete([f"d{i}" for i in range(0, n, 10)])
     index.save(folder)
     index.close()
@@ -382,23 +395,32 @@ def _flip_middle(path: Path) -> None:
 FOLDER_DAMAGES: dict[str, Callable[[Path], None]] = {
     "index file bit flip": lambda folder: _flip_middle(folder_file(folder, "index")),
     "docstore truncated": lambda folder: folder_file(folder, "docstore").write_bytes(
-        folder_file(folder, "docstore").read_bytes()[:4096]),
+        folder_file(folder, "docstore").read_bytes()[:4096]
+    ),
     "manifest edited": lambda folder: replace_once(
-        folder / "manifest.json", b'"metric": "cosine"', b'"metric": "l2"    '),
+        folder / "manifest.json", b'"metric": "cosine"', b'"metric": "l2"    '
+    ),
     "manifest cut": lambda folder: (folder / "manifest.json").write_bytes(
-        (folder / "manifest.json").read_bytes()[:100]),
+        (folder / "manifest.json").read_bytes()[:100]
+    ),
 }
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()
-            if p.is_file() and p.name not in ("history.jsonl", ".lock")}
+    return {
+        p.name: p.read_bytes()
+        for p in folder.iterdir()
+        if p.is_file() and p.name not in ("history.jsonl", ".lock")
+    }
 
 
 @pytest.mark.parametrize("damage_name", sorted(FOLDER_DAMAGES))
 @pytest.mark.parametrize("command", ["ingest", "query", "reindex", "prune"])
 def test_the_cli_refuses_a_damaged_index_in_one_line_and_leaves_it_alone(
-    command: str, damage_name: str, corpus: Path, tmp_path: Path,
+    command: str,
+    damage_name: str,
+    corpus: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, index = f"sqlite:///{tmp_path}/cache.db", tmp_path / "index"
@@ -406,8 +428,12 @@ def test_the_cli_refuses_a_damaged_index_in_one_line_and_leaves_it_alone(
     FOLDER_DAMAGES[damage_name](index)
     before = folder_bytes(index)
     where = ["--index", index, "--store", url]
-    args = {"ingest": ["ingest", corpus, *where], "query": ["query", "w3", *where],
-            "reindex": ["reindex", *where], "prune": ["prune", *where, "--dry-run"]}[command]
+    args = {
+        "ingest": ["ingest", corpus, *where],
+        "query": ["query", "w3", *where],
+        "reindex": ["reindex", *where],
+        "prune": ["prune", *where, "--dry-run"],
+    }[command]
     result = run_cli(monkeypatch, *args)
     if command == "reindex" and damage_name == "index file bit flip":
         # A rebuild reads the verified docstore and the cache, never the old
@@ -432,8 +458,12 @@ def test_an_index_from_a_newer_cachedvec_is_refused_and_never_overwritten(
     (index / "manifest.json").write_text(json.dumps(manifest))  # sealed by a future writer
     before = folder_bytes(index)
     where = ["--index", index, "--store", url]
-    args = {"ingest": ["ingest", corpus, *where], "query": ["query", "w3", *where],
-            "reindex": ["reindex", *where], "stats": ["stats", *where]}[command]
+    args = {
+        "ingest": ["ingest", corpus, *where],
+        "query": ["query", "w3", *where],
+        "reindex": ["reindex", *where],
+        "stats": ["stats", *where],
+    }[command]
     assert_one_error_line(run_cli(monkeypatch, *args), "format version 3", "upgrade")
     assert folder_bytes(index) == before
     FIGURES.add("newer-format index folders refused by a CLI command")

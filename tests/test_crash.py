@@ -61,9 +61,27 @@ from tests.crash_harness import (
 KILLS = 25
 SOAK_KILLS = 200
 FIGURES = Figures("crash tests")
-VOCABULARY = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro", "si", "tu", "va", "ze")
-              for b in ("bar", "cen", "dol", "fim", "gor", "hul", "jat", "kes", "lum", "nop",
-                        "pir", "qua", "ros", "sut", "tev")]
+VOCABULARY = [
+    f"{a}{b}"
+    for a in ("ka", "lo", "mi", "nu", "pe", "ro", "si", "tu", "va", "ze")
+    for b in (
+        "bar",
+        "cen",
+        "dol",
+        "fim",
+        "gor",
+        "hul",
+        "jat",
+        "kes",
+        "lum",
+        "nop",
+        "pir",
+        "qua",
+        "ros",
+        "sut",
+        "tev",
+    )
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -147,8 +165,9 @@ def model_vectors(texts: list[str]) -> np.ndarray:
     return np.stack([_VECTORS[t] for t in texts])
 
 
-def lost_in_flight(events: list[dict[str, Any]], present: set[str], universe: Universe,
-                   batch_size: int) -> int:
+def lost_in_flight(
+    events: list[dict[str, Any]], present: set[str], universe: Universe, batch_size: int
+) -> int:
     """How many computed vectors a killed run lost; only its last batch may be short."""
     batches = [universe.keys(e["texts"], e["model"]) for e in events if e["event"] == "batch"]
     for keys in batches[:-1]:
@@ -167,8 +186,7 @@ def index_state(folder: Path) -> dict[str, Any] | None:
         vectors, missing = index.get_vectors([r.id for r in records])
         assert not missing, "docstore ids without vectors"
         if records:
-            np.testing.assert_allclose(vectors, model_vectors([r.text for r in records]),
-                                       atol=1e-5)
+            np.testing.assert_allclose(vectors, model_vectors([r.text for r in records]), atol=1e-5)
         return {
             "model": index.fingerprint.model if index.fingerprint else None,
             "factory": index.factory,
@@ -179,8 +197,7 @@ def index_state(folder: Path) -> dict[str, Any] | None:
 class Corpus:
     """Seeded text files that change a little between ingests."""
 
-    def __init__(self, root: Path, rng: random.Random, files: int = 8,
-                 paragraphs: int = 5) -> None:
+    def __init__(self, root: Path, rng: random.Random, files: int = 8, paragraphs: int = 5) -> None:
         self.root, self.rng, self.made, self.paragraphs = root, rng, 0, paragraphs
         root.mkdir(parents=True)
         for _ in range(files):
@@ -219,18 +236,21 @@ class Corpus:
 class Runner:
     """Runs one job repeatedly with a fresh log each time, learning what it computed."""
 
-    def __init__(self, server: ForkServer, tmp: Path, universe: Universe, job: Any,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, server: ForkServer, tmp: Path, universe: Universe, job: Any, **kwargs: Any
+    ) -> None:
         self.server, self.tmp, self.universe, self.job = server, tmp, universe, job
         self.kwargs = kwargs
         self.runs = 0
 
-    def __call__(self, kill_after: float | None = None, sig: int = signal.SIGKILL,
-                 **kwargs: Any) -> tuple[Outcome, list[dict[str, Any]]]:
+    def __call__(
+        self, kill_after: float | None = None, sig: int = signal.SIGKILL, **kwargs: Any
+    ) -> tuple[Outcome, list[dict[str, Any]]]:
         self.runs += 1
         log = self.tmp / f"{self.job.__name__}-{self.runs}.log"
-        out = self.server.run(self.job, kill_after=kill_after, sig=sig, log=str(log),
-                              **{**self.kwargs, **kwargs})
+        out = self.server.run(
+            self.job, kill_after=kill_after, sig=sig, log=str(log), **{**self.kwargs, **kwargs}
+        )
         events = read_log(log)
         self.universe.learn(events)
         return out, events
@@ -241,8 +261,9 @@ def finished(out: Outcome) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def count_missing(universe: Universe, texts: list[str], before: set[str],
-                  model: str = "fake") -> int:
+def count_missing(
+    universe: Universe, texts: list[str], before: set[str], model: str = "fake"
+) -> int:
     unique = sorted(set(texts))
     return sum(key not in before for key in universe.keys(unique, model))
 
@@ -261,8 +282,16 @@ def ingest_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
     corpus = Corpus(tmp / "corpus", rng)
     index, store = tmp / "index", f"sqlite:///{tmp}/cache.db"
     universe = Universe()
-    run = Runner(server, tmp, universe, ingest_job, corpus=str(corpus.root), index=str(index),
-                 store=store, batch_size=4)
+    run = Runner(
+        server,
+        tmp,
+        universe,
+        ingest_job,
+        corpus=str(corpus.root),
+        index=str(index),
+        store=store,
+        batch_size=4,
+    )
     out, _ = run()
     finished(out)
     window, good = out.seconds, index_state(index)
@@ -291,14 +320,21 @@ def ingest_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
         assert report["documents"] == len(texts)
         for state in landed:
             assert state in (good, current), "a killed ingest left a third index version"
-            FIGURES.add("ingest: kills that left the previous index" if state == good
-                        else "ingest: kills after the new index was committed")
+            FIGURES.add(
+                "ingest: kills that left the previous index"
+                if state == good
+                else "ingest: kills after the new index was committed"
+            )
         good, landed = current, []
         corpus.mutate()
     finished(run()[0])  # the corpus as the last round changed it
     report = finished(run()[0])  # then nothing is left to do
     assert (report["added"], report["updated"], report["deleted"], report["computed"]) == (
-        0, 0, 0, 0)
+        0,
+        0,
+        0,
+        0,
+    )
 
 
 def test_ingest_survives_sigkill(server: ForkServer, tmp_path: Path) -> None:
@@ -321,8 +357,17 @@ def reindex_loop(server: ForkServer, tmp: Path, kills: int, seed: int) -> None:
     corpus = Corpus(tmp / "corpus", rng, files=12, paragraphs=22)
     index, store = tmp / "index", f"sqlite:///{tmp}/cache.db"
     universe = Universe()
-    finished(Runner(server, tmp, universe, ingest_job, corpus=str(corpus.root),
-                    index=str(index), store=store)()[0])
+    finished(
+        Runner(
+            server,
+            tmp,
+            universe,
+            ingest_job,
+            corpus=str(corpus.root),
+            index=str(index),
+            store=store,
+        )()[0]
+    )
     run = Runner(server, tmp, universe, reindex_job, index=str(index), store=store)
     out, _ = run(model="m0", factory="Flat")
     finished(out)
@@ -385,12 +430,12 @@ def test_reindex_soak(server: ForkServer, tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------- store writers
 
+
 def random_text(rng: random.Random) -> str:
     return " ".join(rng.choices(VOCABULARY, k=rng.randint(3, 12)))
 
 
-def store_loop(server: ForkServer, tmp: Path, url: str, kind: str, kills: int,
-               seed: int) -> None:
+def store_loop(server: ForkServer, tmp: Path, url: str, kind: str, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     universe = Universe()
     run = Runner(server, tmp, universe, embed_job, store=url, batch_size=4)
@@ -406,8 +451,7 @@ def store_loop(server: ForkServer, tmp: Path, url: str, kind: str, kills: int,
         keys = universe.keys(texts)
         before = cached_keys(url, keys)
         complete_now = window is None or attempts % 6 == 0
-        out, events = run(kill_after=None if complete_now else rng.uniform(0, window),
-                          texts=texts)
+        out, events = run(kill_after=None if complete_now else rng.uniform(0, window), texts=texts)
         old += fresh
         if out.killed:
             killed += 1
@@ -424,8 +468,9 @@ def store_loop(server: ForkServer, tmp: Path, url: str, kind: str, kills: int,
 
 
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
-def test_store_writers_survive_sigkill(kind: str, server: ForkServer, tmp_path: Path,
-                                       make_store_url: Callable[[str], str]) -> None:
+def test_store_writers_survive_sigkill(
+    kind: str, server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str]
+) -> None:
     url = make_store_url(kind)
     store_loop(server, tmp_path, url, kind, KILLS, seed=63 + PERSISTENT_KINDS.index(kind))
     if kind == "file":
@@ -435,8 +480,9 @@ def test_store_writers_survive_sigkill(kind: str, server: ForkServer, tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
-def test_store_writers_soak(kind: str, server: ForkServer, tmp_path: Path,
-                            make_store_url: Callable[[str], str]) -> None:
+def test_store_writers_soak(
+    kind: str, server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str]
+) -> None:
     url = make_store_url(kind)
     store_loop(server, tmp_path, url, kind, SOAK_KILLS, seed=630 + PERSISTENT_KINDS.index(kind))
 
@@ -455,8 +501,14 @@ def save_loop(server: ForkServer, tmp: Path, factory: str, kills: int, seed: int
 
     def run(kill_after: float | None = None, versions: int = 3) -> tuple[Outcome, list[Any]]:
         start = len(read_log(log))
-        out = server.run(save_job, kill_after=kill_after, folder=str(folder), log=str(log),
-                         versions=versions, factory=factory)
+        out = server.run(
+            save_job,
+            kill_after=kill_after,
+            folder=str(folder),
+            log=str(log),
+            versions=versions,
+            factory=factory,
+        )
         return out, read_log(log)[start:]
 
     out, _ = run()
@@ -494,8 +546,10 @@ def test_a_save_removes_journals_of_killed_saves(tmp_path: Path) -> None:
     index.add(truth(["a text"]), ["a text"], ids=["a"])
     index.save(tmp_path)
     # What SIGKILL during the docstore backup leaves (seen in the save loop).
-    leftovers = [tmp_path / "docstore-0123456789abcdef.sqlite",
-                 tmp_path / "docstore-0123456789abcdef.sqlite-journal"]
+    leftovers = [
+        tmp_path / "docstore-0123456789abcdef.sqlite",
+        tmp_path / "docstore-0123456789abcdef.sqlite-journal",
+    ]
     for path in leftovers:
         path.write_bytes(b"\0" * 512)
     index.save(tmp_path)
@@ -533,8 +587,17 @@ def test_ctrl_c_on_the_cli_exits_cleanly(server: ForkServer, tmp_path: Path) -> 
     index, store = tmp_path / "index", f"sqlite:///{tmp_path}/cache.db"
     universe = Universe()
     common = ["--index", str(index), "--store", store, "--model", "fake", "--json"]
-    ingest = ["ingest", str(corpus.root), "--chunk-size", "120", "--chunk-overlap", "0",
-              "--batch-size", "4", *common]
+    ingest = [
+        "ingest",
+        str(corpus.root),
+        "--chunk-size",
+        "120",
+        "--chunk-overlap",
+        "0",
+        "--batch-size",
+        "4",
+        *common,
+    ]
     run = Runner(server, tmp_path, universe, cli_job)
     out, _ = run(argv=ingest)
     finished(out)
@@ -550,8 +613,7 @@ def test_ctrl_c_on_the_cli_exits_cleanly(server: ForkServer, tmp_path: Path) -> 
         else:
             argv = ingest
         before = cached_keys(store)
-        out, events = run(kill_after=rng.uniform(0.005, window), sig=signal.SIGINT,
-                          argv=argv)
+        out, events = run(kill_after=rng.uniform(0.005, window), sig=signal.SIGINT, argv=argv)
         if out.signalled and out.returncode != 0:
             assert_clean_interrupt(out)
             interrupted += 1
@@ -602,10 +664,25 @@ def test_ctrl_c_just_after_the_commit_keeps_a_loadable_index(
 
 def test_ctrl_c_while_a_store_closes_prints_one_line(server: ForkServer, tmp_path: Path) -> None:
     corpus = Corpus(tmp_path / "corpus", random.Random(67), files=2)
-    out = server.run(cli_job, log=str(tmp_path / "log"), interrupt_store_close=True, argv=[
-        "ingest", str(corpus.root), "--index", str(tmp_path / "index"), "--model", "fake",
-        "--store", f"sqlite:///{tmp_path}/cache.db", "--chunk-size", "120",
-        "--chunk-overlap", "0"])
+    out = server.run(
+        cli_job,
+        log=str(tmp_path / "log"),
+        interrupt_store_close=True,
+        argv=[
+            "ingest",
+            str(corpus.root),
+            "--index",
+            str(tmp_path / "index"),
+            "--model",
+            "fake",
+            "--store",
+            f"sqlite:///{tmp_path}/cache.db",
+            "--chunk-size",
+            "120",
+            "--chunk-overlap",
+            "0",
+        ],
+    )
     assert_clean_interrupt(out)
 
 
@@ -633,9 +710,22 @@ def test_the_real_command_with_the_real_model_survives_kills_and_ctrl_c(tmp_path
         (corpus / name).write_bytes(source.read_bytes())
     index, db = tmp_path / "index", tmp_path / "cache.db"
     store = f"sqlite:///{db}"
-    command = [str(Path(sys.executable).with_name("cachedvec")), "ingest", str(corpus),
-               "--index", str(index), "--store", store, "--chunk-size", "200",
-               "--chunk-overlap", "0", "--batch-size", "4", "--json"]
+    command = [
+        str(Path(sys.executable).with_name("cachedvec")),
+        "ingest",
+        str(corpus),
+        "--index",
+        str(index),
+        "--store",
+        store,
+        "--chunk-size",
+        "200",
+        "--chunk-overlap",
+        "0",
+        "--batch-size",
+        "4",
+        "--json",
+    ]
     chunker = Chunker(200, 0)
     texts = sorted({c.text for f in find_files([corpus]) for c in chunker.chunks(read_source(f))})
     model = default_model()
@@ -654,14 +744,22 @@ def test_the_real_command_with_the_real_model_survives_kills_and_ctrl_c(tmp_path
 
     # Early kills land in start-up or model loading; the others wait for the
     # first new vector to reach the cache, then strike while embedding.
-    plan = [(signal.SIGKILL, "early"), (signal.SIGINT, "early"), (signal.SIGKILL, "embedding"),
-            (signal.SIGKILL, "early"), (signal.SIGINT, "embedding")]
+    plan = [
+        (signal.SIGKILL, "early"),
+        (signal.SIGINT, "early"),
+        (signal.SIGKILL, "embedding"),
+        (signal.SIGKILL, "early"),
+        (signal.SIGINT, "embedding"),
+    ]
     for sig, when in plan:
         rows = _cached_rows(db)
         out = run_and_signal(
-            command, sig=sig, cwd=tmp_path,
+            command,
+            sig=sig,
+            cwd=tmp_path,
             kill_after=rng.uniform(0.3, 3.0) if when == "early" else rng.uniform(0.0, 0.6),
-            until=None if when == "early" else (lambda rows=rows: _cached_rows(db) > rows))
+            until=None if when == "early" else (lambda rows=rows: _cached_rows(db) > rows),
+        )
         assert out.signalled, f"the run finished before the {when} kill: {out.stdout}"
         if sig == signal.SIGINT:
             assert_clean_interrupt(out)
@@ -677,8 +775,7 @@ def test_the_real_command_with_the_real_model_survives_kills_and_ctrl_c(tmp_path
     report = json.loads(out.stdout)
     assert report["computed"] == sum(key not in before for key in by_key)
     assert report["cache_hits"] == len(before)
-    FIGURES.add("real CLI + real model: vectors computed before the kills, reused",
-                len(before))
+    FIGURES.add("real CLI + real model: vectors computed before the kills, reused", len(before))
     # What the killed runs cached is what the model gives: compare with it here.
     with VectorIndex.load(index, fingerprint=model.fingerprint) as loaded:
         records = list(loaded.records())

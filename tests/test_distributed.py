@@ -36,8 +36,9 @@ pytestmark = pytest.mark.postgres
 
 DIM = 32
 CHUNKING = {"chunk_size": 120, "chunk_overlap": 0}
-PARAGRAPHS = [f"Paragraph {i} tells of topic {i} with words alpha{i} beta{i} gamma{i}."
-              for i in range(40)]
+PARAGRAPHS = [
+    f"Paragraph {i} tells of topic {i} with words alpha{i} beta{i} gamma{i}." for i in range(40)
+]
 
 
 def fake_model(name: str) -> functools.partial[FakeEmbeddings]:
@@ -102,22 +103,36 @@ def assert_same_index(left: Path, right: Path) -> None:
 
 
 def test_ray_ingest_equals_the_single_process_job_and_reruns_compute_nothing(
-        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    local_ray: None, postgres_store_url: str, tmp_path: Path
+) -> None:
     # Two files repeat texts of others: the same vector must be computed once.
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:30], files=6)
     (corpus / "copy.txt").write_text("\n\n".join(PARAGRAPHS[:5]))
     ray_index = tmp_path / "ray-index"
     # One path alone, as a str: the same as a list of it.
-    run = functools.partial(distributed.ingest, str(corpus), index=ray_index,
-                            store=postgres_store_url, model=fake_model("shared"), workers=2,
-                            **CHUNKING)
+    run = functools.partial(
+        distributed.ingest,
+        str(corpus),
+        index=ray_index,
+        store=postgres_store_url,
+        model=fake_model("shared"),
+        workers=2,
+        **CHUNKING,
+    )
     first = run()
-    local = cachedvec.ingest([corpus], index=tmp_path / "local-index",
-                             store=f"sqlite:///{tmp_path}/local.db",
-                             model=FakeEmbeddings(DIM, name="shared"), **CHUNKING)
+    local = cachedvec.ingest(
+        [corpus],
+        index=tmp_path / "local-index",
+        store=f"sqlite:///{tmp_path}/local.db",
+        model=FakeEmbeddings(DIM, name="shared"),
+        **CHUNKING,
+    )
     assert first.computed == local.computed == len(stored_keys(postgres_store_url)) == 30
     assert (first.added, first.documents, first.sources.added) == (
-        local.added, local.documents, local.sources.added)
+        local.added,
+        local.documents,
+        local.sources.added,
+    )
     assert_same_index(ray_index, tmp_path / "local-index")
 
     again = run()
@@ -130,40 +145,57 @@ def test_ray_ingest_equals_the_single_process_job_and_reruns_compute_nothing(
     assert grown.cache_hits == 5
     keys = stored_keys(postgres_store_url)
     assert len(keys) == len(set(keys)) == 35  # each unique text stored once
-    local = cachedvec.ingest([corpus], index=tmp_path / "local-index",
-                             store=f"sqlite:///{tmp_path}/local.db",
-                             model=FakeEmbeddings(DIM, name="shared"), **CHUNKING)
+    local = cachedvec.ingest(
+        [corpus],
+        index=tmp_path / "local-index",
+        store=f"sqlite:///{tmp_path}/local.db",
+        model=FakeEmbeddings(DIM, name="shared"),
+        **CHUNKING,
+    )
     assert_same_index(ray_index, tmp_path / "local-index")
 
 
 def test_building_blocks_read_embed_and_index_a_dataset(
-        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    local_ray: None, postgres_store_url: str, tmp_path: Path
+) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:24], files=4)
     model = fake_model("blocks")
     chunks = distributed.read_sources(str(corpus), **CHUNKING)  # one path alone
-    embedded = distributed.embed_dataset(chunks, store=postgres_store_url, model=model,
-                                         workers=2, batch_size=4).materialize()
+    embedded = distributed.embed_dataset(
+        chunks, store=postgres_store_url, model=model, workers=2, batch_size=4
+    ).materialize()
     rows = embedded.take_all()
     assert sum(row["computed"] for row in rows) == 24 == len(stored_keys(postgres_store_url))
     again = distributed.embed_dataset(chunks, store=postgres_store_url, model=model, workers=2)
     assert again.sum("computed") == 0
 
     folder = tmp_path / "from-dataset"
-    assert distributed.build_index(embedded, folder, store=postgres_store_url,
-                                   model=model) == 24
+    assert distributed.build_index(embedded, folder, store=postgres_store_url, model=model) == 24
     local = tmp_path / "local"
-    cachedvec.ingest([corpus], index=local, store=f"sqlite:///{tmp_path}/local.db",
-                     model=FakeEmbeddings(DIM, name="blocks"), **CHUNKING)
+    cachedvec.ingest(
+        [corpus],
+        index=local,
+        store=f"sqlite:///{tmp_path}/local.db",
+        model=FakeEmbeddings(DIM, name="blocks"),
+        **CHUNKING,
+    )
     assert_same_index(folder, local)
 
 
 def test_a_worker_dying_mid_batch_is_retried_and_loses_nothing(
-        local_ray: None, postgres_store_url: str, tmp_path: Path) -> None:
+    local_ray: None, postgres_store_url: str, tmp_path: Path
+) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:16], files=4)
     marker = tmp_path / "died"
-    report = distributed.ingest([corpus], index=tmp_path / "index", store=postgres_store_url,
-                                model=functools.partial(DiesOnce, str(marker)), workers=2,
-                                batch_size=4, **CHUNKING)
+    report = distributed.ingest(
+        [corpus],
+        index=tmp_path / "index",
+        store=postgres_store_url,
+        model=functools.partial(DiesOnce, str(marker)),
+        workers=2,
+        batch_size=4,
+        **CHUNKING,
+    )
     assert marker.exists()  # a worker did die
     assert report.documents == 16 and report.computed == 16
     assert len(stored_keys(postgres_store_url)) == 16
@@ -177,17 +209,26 @@ def free_port() -> int:
 
 
 def test_bad_setups_fail_before_any_work(
-        local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     common = {"index": tmp_path / "index", "model": fake_model("bad")}
     with pytest.raises(ConfigError, match="inside one process"):
         distributed.ingest([corpus], store="memory://", **common)
     with pytest.raises(ConfigError, match="zero-argument callable"):
-        distributed.ingest([corpus], store=f"sqlite:///{tmp_path}/c.db", index=tmp_path / "i",
-                           model=FakeEmbeddings(DIM))
+        distributed.ingest(
+            [corpus],
+            store=f"sqlite:///{tmp_path}/c.db",
+            index=tmp_path / "i",
+            model=FakeEmbeddings(DIM),
+        )
     with pytest.raises(ClusterError, match="cannot reach the Ray cluster"):
-        distributed.ingest([corpus], store=f"sqlite:///{tmp_path}/c.db",
-                           address=f"127.0.0.1:{free_port()}", **common)
+        distributed.ingest(
+            [corpus],
+            store=f"sqlite:///{tmp_path}/c.db",
+            address=f"127.0.0.1:{free_port()}",
+            **common,
+        )
     # A file-backed cache is fine on one machine, not across several.
     assert distributed.shared_store_url("sqlite:///rel.db") == f"sqlite:///{Path.cwd()}/rel.db"
     nodes = ray.nodes()
@@ -203,28 +244,46 @@ def test_bad_setups_fail_before_any_work(
     + [("retries", r) for r in (-1, 1.5, True)],
 )
 def test_a_bad_worker_or_retry_count_is_refused_before_any_work(
-        tmp_path: Path, option: str, value: Any) -> None:
+    tmp_path: Path, option: str, value: Any
+) -> None:
     # New text to embed: Ray itself would take workers=-1 and choke on -2 with
     # a traceback, and read retries=-1 as "retry forever".
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     with pytest.raises(ConfigError, match=f"{option} must be "):
-        distributed.ingest([corpus], index=tmp_path / "index", store=f"sqlite:///{tmp_path}/c.db",
-                           model=fake_model("bad"), **{option: value})
+        distributed.ingest(
+            [corpus],
+            index=tmp_path / "index",
+            store=f"sqlite:///{tmp_path}/c.db",
+            model=fake_model("bad"),
+            **{option: value},
+        )
     assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
 
 
 def test_another_metric_is_refused_before_the_cluster_embeds(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     store = f"sqlite:///{tmp_path}/c.db"
-    cachedvec.ingest([corpus], index=tmp_path / "index", store=store,
-                     model=FakeEmbeddings(DIM, name="metric"), **CHUNKING)
+    cachedvec.ingest(
+        [corpus],
+        index=tmp_path / "index",
+        store=store,
+        model=FakeEmbeddings(DIM, name="metric"),
+        **CHUNKING,
+    )
     cached = stored_keys(store)
     (corpus / "new.md").write_text("Text that no run embedded yet.")
     monkeypatch.setattr(distributed, "connect", lambda *a, **k: pytest.fail("connected"))
     with pytest.raises(ConfigError, match="'cosine' metric, not 'l2'.*--metric l2$"):
-        distributed.ingest([corpus], index=tmp_path / "index", store=store,
-                           model=fake_model("metric"), metric="l2", **CHUNKING)
+        distributed.ingest(
+            [corpus],
+            index=tmp_path / "index",
+            store=store,
+            model=fake_model("metric"),
+            metric="l2",
+            **CHUNKING,
+        )
     assert stored_keys(store) == cached
 
 
@@ -232,17 +291,31 @@ def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     runner = CliRunner()
     at = ["--index", str(tmp_path / "index"), "--store", f"sqlite:///{tmp_path}/c.db"]
-    unreachable = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
-                                       "--address", f"127.0.0.1:{free_port()}"])
+    unreachable = runner.invoke(
+        main,
+        ["ingest", str(corpus), *at, "--engine", "ray", "--address", f"127.0.0.1:{free_port()}"],
+    )
     assert unreachable.exit_code == 1
     assert unreachable.output.startswith("error: cannot reach the Ray cluster at 127.0.0.1:")
-    private = runner.invoke(main, ["ingest", str(corpus), "--engine", "ray", "--store",
-                                   "memory://", "--index", str(tmp_path / "index")])
+    private = runner.invoke(
+        main,
+        [
+            "ingest",
+            str(corpus),
+            "--engine",
+            "ray",
+            "--store",
+            "memory://",
+            "--index",
+            str(tmp_path / "index"),
+        ],
+    )
     assert private.exit_code == 1 and "inside one process" in private.output
     local = runner.invoke(main, ["ingest", str(corpus), *at, "--workers", "3"])
     assert local.exit_code == 1 and "--engine ray" in local.output
     for count in ("-2", "0"):
-        refused = runner.invoke(main, ["ingest", str(corpus), *at, "--engine", "ray",
-                                       "--workers", count])
+        refused = runner.invoke(
+            main, ["ingest", str(corpus), *at, "--engine", "ray", "--workers", count]
+        )
         assert refused.exit_code == 1
         assert refused.output == f"error: workers must be a positive integer, got {count}\n"

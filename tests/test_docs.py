@@ -123,8 +123,9 @@ def test_readme_main_job_runs_and_a_second_run_is_all_cache(tmp_path: Path) -> N
         (tmp_path / name).symlink_to(ROOT / name)
 
     def run() -> str:
-        done = subprocess.run(job, shell=True, cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            job, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
         return done.stdout

@@ -96,8 +96,9 @@ def test_two_models_never_mix_in_one_store() -> None:
 
 
 @pytest.mark.parametrize("kind", PERSISTENT_KINDS)
-@pytest.mark.parametrize("damage",
-                         ["truncate", "bitflip", "garbage", "wrong_dim", "empty", "digest"])
+@pytest.mark.parametrize(
+    "damage", ["truncate", "bitflip", "garbage", "wrong_dim", "empty", "digest"]
+)
 def test_corrupt_values_are_recomputed_and_counted(
     kind: str, damage: str, make_store_url: Callable[[str], str]
 ) -> None:
@@ -211,8 +212,7 @@ def test_work_is_written_batch_by_batch(tmp_path: Path) -> None:
             return super().embed_array(texts)
 
     url = store_url("sqlite", tmp_path)
-    with CachedEmbeddings(FailsLate(8), url, batch_size=10) as emb, \
-            pytest.raises(RuntimeError):
+    with CachedEmbeddings(FailsLate(8), url, batch_size=10) as emb, pytest.raises(RuntimeError):
         emb.embed_documents(TEXTS[:50])
     model = FakeEmbeddings(8)
     with CachedEmbeddings(model, url, batch_size=10) as emb:
@@ -266,8 +266,12 @@ def test_from_bytes_store_takes_langchain_arguments() -> None:
     store = open_store("memory://")
     model = FakeEmbeddings(8)
     emb = CachedEmbeddings.from_bytes_store(
-        model, store, namespace="my-model-v1", batch_size=16,
-        query_embedding_cache=True, key_encoder="sha256",
+        model,
+        store,
+        namespace="my-model-v1",
+        batch_size=16,
+        query_embedding_cache=True,
+        key_encoder="sha256",
     )
     emb.embed_documents(["a"])
     emb.embed_query("a")

@@ -21,8 +21,13 @@ SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 def run(script: str, *args: str | Path) -> str:
     """Run an example from the repository root; its stdout (stderr shown on failure)."""
-    done = subprocess.run([sys.executable, str(EXAMPLES / script), *map(str, args)],
-                          capture_output=True, text=True, cwd=EXAMPLES.parent, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=EXAMPLES.parent,
+        timeout=600,
+    )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr
     return done.stdout
@@ -35,7 +40,7 @@ def numbers(pattern: str, text: str) -> tuple[int, ...]:
 
 
 def test_every_example_is_tested_here() -> None:
-    tested = {name[len("test_"):] + ".py" for name in globals() if name.startswith("test_")}
+    tested = {name[len("test_") :] + ".py" for name in globals() if name.startswith("test_")}
     assert set(SCRIPTS) <= tested, f"examples without a test: {set(SCRIPTS) - tested}"
 
 
@@ -49,8 +54,13 @@ def test_docstring_says_what_it_shows_and_how_to_run_it(script: str) -> None:
 @pytest.mark.model
 def test_quickstart(tmp_path: Path) -> None:
     # One folder of the corpus keeps the test quick; the README runs it all.
-    out = run("quickstart.py", "--store", f"sqlite:///{tmp_path / 'cache.db'}",
-              "--corpus", EXAMPLES / "corpus" / "recipes")
+    out = run(
+        "quickstart.py",
+        "--store",
+        f"sqlite:///{tmp_path / 'cache.db'}",
+        "--corpus",
+        EXAMPLES / "corpus" / "recipes",
+    )
     (texts,) = numbers(r"(\d+) paragraphs", out)
     hits, computed = numbers(r"first pass: .*: (\d+) hits, \d+ misses, (\d+) computed", out)
     assert hits == 0 and 0 < computed <= texts
@@ -62,7 +72,8 @@ def test_quickstart(tmp_path: Path) -> None:
 def test_retriever_rag(tmp_path: Path) -> None:
     out = run("retriever_rag.py", "--workdir", tmp_path, "-k", "2")
     chunks, computed, cached = numbers(
-        r"indexed (\d+) chunks: (\d+) vectors computed, (\d+) from the cache", out)
+        r"indexed (\d+) chunks: (\d+) vectors computed, (\d+) from the cache", out
+    )
     assert chunks > 0 and computed > 0 and cached == chunks - computed  # repeats in-batch
     # Each question retrieves from the file that answers it, and the prompt
     # an LLM would read carries that context and the question.
@@ -85,11 +96,15 @@ def test_retriever_rag(tmp_path: Path) -> None:
 def test_reindexing(tmp_path: Path) -> None:
     out = run("reindexing.py", "--workdir", tmp_path)
     chunks, computed, cached = numbers(
-        r"ingest Flat: (\d+) chunks, (\d+) vectors computed, (\d+) from the cache", out)
+        r"ingest Flat: (\d+) chunks, (\d+) vectors computed, (\d+) from the cache", out
+    )
     assert chunks == computed > 0 and cached == 0
     for factory in ("HNSW32", "IVF4,PQ16x4"):
-        rebuilt = numbers(rf"reindex {re.escape(factory)}: (\d+) chunks, (\d+) vectors "
-                          r"computed, (\d+) from the cache", out)
+        rebuilt = numbers(
+            rf"reindex {re.escape(factory)}: (\d+) chunks, (\d+) vectors "
+            r"computed, (\d+) from the cache",
+            out,
+        )
         assert rebuilt == (chunks, 0, chunks)  # zero model calls
     answers = re.findall(r"top answer: \[[-\d.]+\] (\S+)", out)
     assert answers == ["halcyon-k2-kettle/troubleshooting.md"] * 3
@@ -100,17 +115,27 @@ def test_switching_models(tmp_path: Path) -> None:
     out = run("switching_models.py", "--workdir", tmp_path)
     namespaces = re.findall(r"model namespace: +(\S+)", out)
     assert len(set(namespaces)) == 2
-    chunks, computed, _ = numbers(r"1\. ingest, default model: +(\d+) chunks, (\d+) computed, "
-                                  r"(\d+) from the cache", out)
+    chunks, computed, _ = numbers(
+        r"1\. ingest, default model: +(\d+) chunks, (\d+) computed, "
+        r"(\d+) from the cache",
+        out,
+    )
     assert chunks == computed > 0
-    (kettle, trial_computed) = numbers(r"2\. trial, prompted model: +(\d+) kettle chunks, "
-                                       r"(\d+) computed", out)
+    (kettle, trial_computed) = numbers(
+        r"2\. trial, prompted model: +(\d+) kettle chunks, "
+        r"(\d+) computed",
+        out,
+    )
     assert 0 < kettle == trial_computed < chunks
     # Only what the prompted model's namespace lacked: the bicycle chunks.
-    assert numbers(r"3\. switch to prompted: +(\d+) chunks, (\d+) computed, (\d+) from", out) \
-        == (chunks, chunks - kettle, kettle)
+    assert numbers(r"3\. switch to prompted: +(\d+) chunks, (\d+) computed, (\d+) from", out) == (
+        chunks,
+        chunks - kettle,
+        kettle,
+    )
     assert "asking it with the old model is refused" in out
-    assert numbers(r"4\. switch back to default: +(\d+) chunks, (\d+) computed, (\d+) from",
-                   out) == (chunks, 0, chunks)
+    assert numbers(
+        r"4\. switch back to default: +(\d+) chunks, (\d+) computed, (\d+) from", out
+    ) == (chunks, 0, chunks)
     answers = re.findall(r"top answer: \[[-\d.]+\] (\S+)", out)
     assert answers == ["kestrel-c7-bicycle/troubleshooting.md"] * 3

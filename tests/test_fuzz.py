@@ -53,8 +53,15 @@ KEY_RE = re.compile(r"^cv1:[A-Za-z0-9._:@+=-]+:(doc|query):[0-9a-f]{64}$")
 
 
 def fuzz(examples: int) -> Any:
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[
-        HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
+    )
 
 
 def count(name: str) -> None:
@@ -79,13 +86,18 @@ def scratch() -> Iterator[Path]:
 any_char = st.characters(codec=None, exclude_categories=())
 any_text = st.text(any_char, max_size=40)
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(-(10**40), 10**40),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(any_char, max_size=10),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(-(10**40), 10**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(any_char, max_size=10),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -100,7 +112,8 @@ edits = st.lists(
         st.tuples(st.just("delete"), st.integers(0, 10**4), st.integers(1, 16)),
         st.tuples(st.just("truncate"), st.integers(0, 10**4), st.just(0)),
     ),
-    min_size=1, max_size=4,
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -120,8 +133,12 @@ def apply_edits(value: bytes, ops: list[tuple[str, int, Any]]) -> bytes:
 
 
 @fuzz(1500)
-@given(dim=st.integers(1, 48), dtype=st.sampled_from(["float32", "float16"]),
-       seed=st.integers(0, 2**32 - 1), ops=edits)
+@given(
+    dim=st.integers(1, 48),
+    dtype=st.sampled_from(["float32", "float16"]),
+    seed=st.integers(0, 2**32 - 1),
+    ops=edits,
+)
 def test_an_edited_value_never_decodes_to_another_vector(
     dim: int, dtype: Any, seed: int, ops: list[tuple[str, int, Any]]
 ) -> None:
@@ -155,10 +172,13 @@ def test_codec_settings_are_checked(dim: Any, dtype: Any) -> None:
 
 
 @fuzz(800)
-@given(blobs=st.lists(st.one_of(st.none(), st.binary(max_size=120)), max_size=6),
-       dim=st.one_of(st.none(), st.integers(1, 16)))
-def test_any_bytes_decode_to_misses_never_to_vectors(blobs: list[bytes | None],
-                                                     dim: int | None) -> None:
+@given(
+    blobs=st.lists(st.one_of(st.none(), st.binary(max_size=120)), max_size=6),
+    dim=st.one_of(st.none(), st.integers(1, 16)),
+)
+def test_any_bytes_decode_to_misses_never_to_vectors(
+    blobs: list[bytes | None], dim: int | None
+) -> None:
     count("codec: arbitrary bytes")
     matrix, missing, corrupt = VectorCodec(dim).decode_many(blobs)
     assert missing == [i for i, b in enumerate(blobs) if b is None]
@@ -170,8 +190,11 @@ def test_any_bytes_decode_to_misses_never_to_vectors(blobs: list[bytes | None],
 
 
 @fuzz(600)
-@given(texts=st.lists(st.one_of(any_text, st.text(max_size=5)), max_size=8),
-       kind=st.sampled_from(["doc", "query"]), algorithm=st.sampled_from(["sha256", "blake2b"]))
+@given(
+    texts=st.lists(st.one_of(any_text, st.text(max_size=5)), max_size=8),
+    kind=st.sampled_from(["doc", "query"]),
+    algorithm=st.sampled_from(["sha256", "blake2b"]),
+)
 def test_the_key_encoder_hashes_any_text_or_names_the_bad_one(
     texts: list[str], kind: Any, algorithm: str
 ) -> None:
@@ -193,9 +216,19 @@ def _has_surrogate(text: str) -> bool:
 
 
 @fuzz(200)
-@given(texts=st.lists(st.one_of(st.text(max_size=3), st.integers(), st.none(), st.binary(),
-                                st.lists(st.text(max_size=2), max_size=2)), min_size=1,
-                      max_size=5))
+@given(
+    texts=st.lists(
+        st.one_of(
+            st.text(max_size=3),
+            st.integers(),
+            st.none(),
+            st.binary(),
+            st.lists(st.text(max_size=2), max_size=2),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_non_strings_are_a_type_error_naming_the_position(texts: list[Any]) -> None:
     count("keys: non-strings")
     assume(not all(isinstance(t, str) for t in texts))
@@ -215,9 +248,24 @@ def test_a_user_namespace_is_store_safe_or_refused(namespace: str) -> None:
 
 
 @fuzz(200)
-@given(data=st.dictionaries(st.sampled_from(["model", "revision", "dim", "normalize",
-                                             "document_prompt", "query_prompt", "pooling",
-                                             "params", "other"]), json_values))
+@given(
+    data=st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "revision",
+                "dim",
+                "normalize",
+                "document_prompt",
+                "query_prompt",
+                "pooling",
+                "params",
+                "other",
+            ]
+        ),
+        json_values,
+    )
+)
 def test_a_fingerprint_from_any_dict_is_checked_and_store_safe(data: dict[str, Any]) -> None:
     count("keys: fingerprints from dicts")
     try:
@@ -237,8 +285,12 @@ def saved_index(scratch: Path) -> Path:
     model = FakeEmbeddings(8)
     texts = [f"text {i} w{i % 5}" for i in range(40)]
     index = VectorIndex(8, factory="HNSW16", fingerprint=model.fingerprint)
-    index.add(model.embed_array(texts), texts, [{"n": i} for i in range(40)],
-              ids=[f"d{i}" for i in range(40)])
+    index.add(
+        model.embed_array(texts),
+        texts,
+        [{"n": i} for i in range(40)],
+        ids=[f"d{i}" for i in range(40)],
+    )
     index.delete(["d0", "d1"])
     index.save(folder)
     index.close()
@@ -263,8 +315,9 @@ def manifest_replaced(folder: Path, content: bytes) -> Iterator[None]:
 
 
 @fuzz(300)
-@given(content=st.one_of(st.binary(max_size=300),
-                         json_values.map(lambda v: json.dumps(v).encode())))
+@given(
+    content=st.one_of(st.binary(max_size=300), json_values.map(lambda v: json.dumps(v).encode()))
+)
 def test_any_manifest_bytes_are_refused_clearly(saved_index: Path, content: bytes) -> None:
     count("manifest: arbitrary bytes and JSON")
     with manifest_replaced(saved_index, content):
@@ -328,29 +381,57 @@ def test_a_manifest_with_a_huge_ef_search_is_refused(saved_index: Path) -> None:
 
 
 odd_scalars = st.one_of(
-    json_scalars, st.binary(max_size=4), st.tuples(st.integers()), st.frozensets(st.integers()),
-    st.just(float("nan")), st.just(10**30), st.complex_numbers(max_magnitude=3),
+    json_scalars,
+    st.binary(max_size=4),
+    st.tuples(st.integers()),
+    st.frozensets(st.integers()),
+    st.just(float("nan")),
+    st.just(10**30),
+    st.complex_numbers(max_magnitude=3),
 )
 odd_values = st.recursive(
     odd_scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.one_of(st.text(max_size=3), st.integers(), st.none()), inner,
-                      max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.one_of(st.text(max_size=3), st.integers(), st.none()), inner, max_size=3
+        )
+    ),
     max_leaves=10,
 )
-operators = st.sampled_from(["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin",
-                             "$and", "$or", "$not", "$bogus", "$", "a", "b"])
+operators = st.sampled_from(
+    [
+        "$eq",
+        "$ne",
+        "$gt",
+        "$gte",
+        "$lt",
+        "$lte",
+        "$in",
+        "$nin",
+        "$and",
+        "$or",
+        "$not",
+        "$bogus",
+        "$",
+        "a",
+        "b",
+    ]
+)
 hostile_filters = st.recursive(
     st.dictionaries(st.one_of(operators, st.integers(), st.none()), odd_values, max_size=3),
-    lambda inner: st.dictionaries(operators, inner | st.lists(inner, max_size=3) | odd_values,
-                                  max_size=3),
+    lambda inner: st.dictionaries(
+        operators, inner | st.lists(inner, max_size=3) | odd_values, max_size=3
+    ),
     max_leaves=10,
 )
 
 
 @fuzz(600)
-@given(spec=st.one_of(hostile_filters, odd_values),
-       metadata=st.dictionaries(st.sampled_from(["a", "b", "$and"]), odd_values, max_size=3))
+@given(
+    spec=st.one_of(hostile_filters, odd_values),
+    metadata=st.dictionaries(st.sampled_from(["a", "b", "$and"]), odd_values, max_size=3),
+)
 def test_odd_filters_compile_or_raise_filter_error_and_never_fail_to_evaluate(
     spec: Any, metadata: dict[str, Any]
 ) -> None:
@@ -368,8 +449,10 @@ def test_a_cli_filter_nested_too_deep_is_one_error_line(tmp_path: Path) -> None:
 
     from cachedvec.cli import main
 
-    result = CliRunner().invoke(main, ["query", "q", "--index", str(tmp_path), "--store",
-                                       "memory://", "--filter", "[" * 100_000])
+    result = CliRunner().invoke(
+        main,
+        ["query", "q", "--index", str(tmp_path), "--store", "memory://", "--filter", "[" * 100_000],
+    )
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
 
 
@@ -379,42 +462,125 @@ def test_a_cli_filter_nested_too_deep_is_one_error_line(tmp_path: Path) -> None:
 # SQLAlchemy error escape open_store (found by the fuzz test below).
 # (SQLITE:/// was one; schemes are case-insensitive, so it now opens.)
 HOSTILE_URLS = [
-    "sqlite:///has\x00nul.db", "sqlite:///%00.db", "file://has\x00nul", "file://\ud800",
-    "sqlite:///\ud800.db", "sqlite:///" + "n" * 300 + ".db", "sqlite:///x.db?timeout=abc",
-    "postgresql://u@[::1/db", "postgresql+psycopg://u@127.0.0.1:abc/db", "SQLITE+x:///x.db",
-    "sqlite://host/x.db", "diskcache://dc?size_limit=inf", "diskcache://dc?size_limit=1e999",
+    "sqlite:///has\x00nul.db",
+    "sqlite:///%00.db",
+    "file://has\x00nul",
+    "file://\ud800",
+    "sqlite:///\ud800.db",
+    "sqlite:///" + "n" * 300 + ".db",
+    "sqlite:///x.db?timeout=abc",
+    "postgresql://u@[::1/db",
+    "postgresql+psycopg://u@127.0.0.1:abc/db",
+    "SQLITE+x:///x.db",
+    "sqlite://host/x.db",
+    "diskcache://dc?size_limit=inf",
+    "diskcache://dc?size_limit=1e999",
 ]
 
 
 @pytest.mark.parametrize("url", HOSTILE_URLS)
-def test_hostile_urls_raise_a_cachedvec_error(url: str, scratch: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_urls_raise_a_cachedvec_error(
+    url: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(scratch)
     with pytest.raises(CachedVecError):
         open_store(url).close()
 
 
 segment = st.one_of(
-    st.sampled_from(["a", "b.db", "c", "cache.db", "dir", ".", "%00", "%2e%2e", "%ff", "?",
-                     "#", "@", ":", "~", "x" * 300, "\x00", "\ud800", "é", " ", "\\", ""]),
+    st.sampled_from(
+        [
+            "a",
+            "b.db",
+            "c",
+            "cache.db",
+            "dir",
+            ".",
+            "%00",
+            "%2e%2e",
+            "%ff",
+            "?",
+            "#",
+            "@",
+            ":",
+            "~",
+            "x" * 300,
+            "\x00",
+            "\ud800",
+            "é",
+            " ",
+            "\\",
+            "",
+        ]
+    ),
     st.text(any_char, max_size=6).filter(lambda s: "/" not in s and s not in (".", "..")),
 )
-query = st.lists(st.tuples(
-    st.sampled_from(["size_limit", "eviction_policy", "cull_limit", "timeout", "mode", "uri",
-                     "sslmode", "x", ""]),
-    st.one_of(st.sampled_from(["1", "-1", "0", "inf", "nan", "1e999", "10MB", "2GiB", "abc",
-                               "least-recently-used", "none", "ro", "true", ""]),
-              st.text(any_char, max_size=5)),
-), max_size=3).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
-schemes = st.sampled_from(["memory", "file", "sqlite", "diskcache", "postgresql",
-                           "postgresql+psycopg", "sqlite+pysqlite", "FILE", "Memory", "mysql",
-                           "", "file+x", "diskcache+y"])
+query = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "size_limit",
+                "eviction_policy",
+                "cull_limit",
+                "timeout",
+                "mode",
+                "uri",
+                "sslmode",
+                "x",
+                "",
+            ]
+        ),
+        st.one_of(
+            st.sampled_from(
+                [
+                    "1",
+                    "-1",
+                    "0",
+                    "inf",
+                    "nan",
+                    "1e999",
+                    "10MB",
+                    "2GiB",
+                    "abc",
+                    "least-recently-used",
+                    "none",
+                    "ro",
+                    "true",
+                    "",
+                ]
+            ),
+            st.text(any_char, max_size=5),
+        ),
+    ),
+    max_size=3,
+).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
+schemes = st.sampled_from(
+    [
+        "memory",
+        "file",
+        "sqlite",
+        "diskcache",
+        "postgresql",
+        "postgresql+psycopg",
+        "sqlite+pysqlite",
+        "FILE",
+        "Memory",
+        "mysql",
+        "",
+        "file+x",
+        "diskcache+y",
+    ]
+)
 
 
 @fuzz(300)
-@given(scheme=st.one_of(schemes, st.text(any_char, max_size=8)),
-       absolute=st.booleans(), parts=st.lists(segment, max_size=3), q=query,
-       separator=st.sampled_from(["://", ":/", ":", "//", "://"]))
+@given(
+    scheme=st.one_of(schemes, st.text(any_char, max_size=8)),
+    absolute=st.booleans(),
+    parts=st.lists(segment, max_size=3),
+    q=query,
+    separator=st.sampled_from(["://", ":/", ":", "//", "://"]),
+)
 def test_open_store_raises_only_cachedvec_errors(
     scratch: Path, scheme: str, absolute: bool, parts: list[str], q: str, separator: str
 ) -> None:
@@ -457,8 +623,11 @@ def test_a_url_that_is_not_a_string_is_invalid(url: Any) -> None:
 path_like = st.text(st.one_of(st.sampled_from(list("/\\.%:~\x00 ")), any_char), max_size=40)
 hostile_keys = st.one_of(
     path_like,
-    st.lists(st.sampled_from(["..", ".", "", "etc", "passwd", ".tmp-x", "%2e%2e", "a"]),
-             min_size=1, max_size=6).map("/".join),
+    st.lists(
+        st.sampled_from(["..", ".", "", "etc", "passwd", ".tmp-x", "%2e%2e", "a"]),
+        min_size=1,
+        max_size=6,
+    ).map("/".join),
     st.text(max_size=400),
 )
 
@@ -482,12 +651,24 @@ def test_file_store_keys_never_leave_the_root(scratch: Path, key: str) -> None:
 
 # -------------------------------------------------------------------- metadata
 
-odd_keys = st.one_of(st.text(any_char, max_size=5), st.integers(), st.floats(), st.booleans(),
-                     st.none(), st.tuples(st.integers()))
+odd_keys = st.one_of(
+    st.text(any_char, max_size=5),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.tuples(st.integers()),
+)
 odd_metadata_values = st.recursive(
-    st.one_of(json_scalars, st.builds(pow, st.just(10), st.just(5000)), st.binary(max_size=3),
-              st.sets(st.integers()),
-              st.just(np.float32(1.5)), st.just(np.int64(7)), st.just(np.arange(3))),
+    st.one_of(
+        json_scalars,
+        st.builds(pow, st.just(10), st.just(5000)),
+        st.binary(max_size=3),
+        st.sets(st.integers()),
+        st.just(np.float32(1.5)),
+        st.just(np.int64(7)),
+        st.just(np.arange(3)),
+    ),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_keys, inner, max_size=3),
     max_leaves=8,
 )
@@ -500,8 +681,10 @@ def _json_round_trip(metadata: dict[Any, Any]) -> Any:
 
 
 @fuzz(200)
-@given(metadata=st.dictionaries(odd_keys, odd_metadata_values, max_size=4),
-       spec=st.one_of(st.none(), hostile_filters))
+@given(
+    metadata=st.dictionaries(odd_keys, odd_metadata_values, max_size=4),
+    spec=st.one_of(st.none(), hostile_filters),
+)
 def test_odd_metadata_is_stored_as_json_or_refused(
     scratch: Path, metadata: dict[Any, Any], spec: Any
 ) -> None:
@@ -593,15 +776,22 @@ class ScriptedModel(FakeEmbeddings):
 def _matrices(rows: int, cols: int) -> st.SearchStrategy[np.ndarray]:
     cells = st.sampled_from([0.5, -2.0, float("nan"), float("inf"), -float("inf")])
     return st.lists(cells, min_size=rows * cols, max_size=rows * cols).map(
-        lambda xs: np.array(xs, np.float32).reshape(rows, cols))
+        lambda xs: np.array(xs, np.float32).reshape(rows, cols)
+    )
 
 
 model_outputs = st.one_of(
-    st.lists(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0,
-                      max_size=6), max_size=5),
+    st.lists(
+        st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=0, max_size=6),
+        max_size=5,
+    ),
     st.tuples(st.integers(0, 6), st.integers(0, 6)).flatmap(lambda shape: _matrices(*shape)),
-    st.none(), st.text(max_size=3), st.integers(), st.just([[1, 2], [3]]),
-    st.just(np.ones((3, 4, 1), np.float32)), st.just(np.array([["a"] * 4] * 3)),
+    st.none(),
+    st.text(max_size=3),
+    st.integers(),
+    st.just([[1, 2], [3]]),
+    st.just(np.ones((3, 4, 1), np.float32)),
+    st.just(np.array([["a"] * 4] * 3)),
 )
 
 
@@ -623,8 +813,9 @@ def test_any_model_output_is_validated_before_anything_is_cached(output: Any) ->
         with pytest.raises(ModelError):
             emb.embed_documents_array([f"text {i}" for i in range(6)])
         # The first batch was good and is kept; nothing of the bad one is.
-        assert sorted(emb.store.yield_keys()) == sorted(emb.document_keys(
-            [f"text {i}" for i in range(3)]))
+        assert sorted(emb.store.yield_keys()) == sorted(
+            emb.document_keys([f"text {i}" for i in range(3)])
+        )
 
 
 @fuzz(200)

@@ -176,8 +176,10 @@ def test_training_on_few_vectors_warns_once_and_trains_as_faiss_does(
 
     def state(index: faiss.Index) -> list[np.ndarray]:
         ivf = faiss.extract_index_ivf(index)
-        arrays = [ivf.quantizer.reconstruct_n(0, ivf.nlist),
-                  faiss.vector_to_array(faiss.downcast_index(ivf).pq.centroids)]
+        arrays = [
+            ivf.quantizer.reconstruct_n(0, ivf.nlist),
+            faiss.vector_to_array(faiss.downcast_index(ivf).pq.centroids),
+        ]
         top = faiss.downcast_index(index)
         if isinstance(top, faiss.IndexPreTransform):
             opq = faiss.downcast_VectorTransform(top.chain.at(0))
@@ -507,21 +509,34 @@ def test_unknown_metric_or_factory_is_a_config_error(metric: str, factory: str) 
     ("metric", "factory", "message"),
     [
         ("cosine", "Flat7", "unknown FAISS factory string 'Flat7': could not parse index string"),
-        ("l2", "IVF16,Foo", "unknown FAISS factory string 'IVF16,Foo': could not parse code "
-                            "description Foo in IVF16,Foo"),
+        (
+            "l2",
+            "IVF16,Foo",
+            "unknown FAISS factory string 'IVF16,Foo': could not parse code "
+            "description Foo in IVF16,Foo",
+        ),
         ("cosine", "PQ99999999999", "unknown FAISS factory string 'PQ99999999999': a number"),
         # Valid strings FAISS refuses for this metric or dimension, with its reason.
-        ("cosine", "LSH", "FAISS factory string 'LSH' is valid, but FAISS refuses it for 32-d "
-                          "cosine vectors: LSH supports only the l2 metric"),
+        (
+            "cosine",
+            "LSH",
+            "FAISS factory string 'LSH' is valid, but FAISS refuses it for 32-d "
+            "cosine vectors: LSH supports only the l2 metric",
+        ),
         ("ip", "ITQ16,LSH", "refuses it for 32-d ip vectors: LSH supports only the l2 metric"),
-        ("l2", "PQ7", "FAISS factory string 'PQ7' is valid, but FAISS refuses it for 32-d l2 "
-                      "vectors: The dimension of the vector (d) should be a multiple of the "
-                      "number of subquantizers (M)"),
+        (
+            "l2",
+            "PQ7",
+            "FAISS factory string 'PQ7' is valid, but FAISS refuses it for 32-d l2 "
+            "vectors: The dimension of the vector (d) should be a multiple of the "
+            "number of subquantizers (M)",
+        ),
         ("cosine", "IVF8,PQ5np", "'IVF8,PQ5np' is valid, but FAISS refuses it for 32-d"),
     ],
 )
-def test_factory_errors_tell_unparsable_from_refused(metric: str, factory: str,
-                                                    message: str) -> None:
+def test_factory_errors_tell_unparsable_from_refused(
+    metric: str, factory: str, message: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         VectorIndex(DIM, metric=metric, factory=factory)
     assert message in str(info.value)

@@ -33,16 +33,24 @@ def corpus(tmp_path: Path) -> Path:
     (root / "b.txt").write_text("\n\n".join(PARAGRAPHS[3:6]))
     (root / "sub" / "c.md").write_text("\n\n".join(PARAGRAPHS[6:]))
     (root / "faq.jsonl").write_text(
-        json.dumps({"text": "How to boil water: use a kettle.", "topic": "kettle"}) + "\n"
-        + json.dumps({"text": "Bees dance to share directions.", "topic": "bees"}) + "\n")
+        json.dumps({"text": "How to boil water: use a kettle.", "topic": "kettle"})
+        + "\n"
+        + json.dumps({"text": "Bees dance to share directions.", "topic": "bees"})
+        + "\n"
+    )
     (root / "image.png").write_bytes(b"\x89PNG\x00\x00")  # not a text suffix: ignored
     return root
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> dict:
-    return {"index": str(tmp_path / "idx"), "store": f"sqlite:///{tmp_path}/cache.db",
-            "model": FakeEmbeddings(32), "chunk_size": 120, "chunk_overlap": 0}
+    return {
+        "index": str(tmp_path / "idx"),
+        "store": f"sqlite:///{tmp_path}/cache.db",
+        "model": FakeEmbeddings(32),
+        "chunk_size": 120,
+        "chunk_overlap": 0,
+    }
 
 
 def test_first_ingest_then_nothing_to_do(corpus: Path, setup: dict) -> None:
@@ -61,8 +69,9 @@ def test_editing_a_source_replaces_exactly_its_changed_chunks(corpus: Path, setu
     cachedvec.ingest([corpus], **setup)
     model = setup["model"]
     model.texts_embedded = 0
-    (corpus / "b.txt").write_text("\n\n".join([PARAGRAPHS[3], "A brand new paragraph here.",
-                                               PARAGRAPHS[5]]))
+    (corpus / "b.txt").write_text(
+        "\n\n".join([PARAGRAPHS[3], "A brand new paragraph here.", PARAGRAPHS[5]])
+    )
     report = cachedvec.ingest([corpus], **setup)
     assert report.sources.updated == 1 and report.sources.skipped == 3
     assert report.computed == model.texts_embedded
@@ -111,8 +120,10 @@ def test_a_second_job_on_an_index_waits_for_the_first(
 
 def test_two_ingest_processes_on_one_index_keep_both_sets(corpus: Path, setup: dict) -> None:
     context = multiprocessing.get_context("fork")
-    jobs = [context.Process(target=cachedvec.ingest, args=([corpus / part],), kwargs=setup)
-            for part in ("a.md", "b.txt")]
+    jobs = [
+        context.Process(target=cachedvec.ingest, args=([corpus / part],), kwargs=setup)
+        for part in ("a.md", "b.txt")
+    ]
     for job in jobs:
         job.start()
     for job in jobs:
@@ -128,7 +139,8 @@ def test_a_byte_order_mark_is_not_text(tmp_path: Path, setup: dict) -> None:
     corpus.mkdir()
     (corpus / "notes.txt").write_bytes("\ufeffBOM aardvark text".encode())
     (corpus / "rows.jsonl").write_bytes(
-        ("\ufeff" + json.dumps({"text": "A row after a BOM.", "topic": "t"}) + "\n").encode())
+        ("\ufeff" + json.dumps({"text": "A row after a BOM.", "topic": "t"}) + "\n").encode()
+    )
     cachedvec.ingest([corpus], **setup)
     with VectorIndex.load(setup["index"]) as index:
         texts = sorted(r.text for r in index.records())
@@ -151,8 +163,14 @@ def test_one_path_may_be_given_alone(corpus: Path, setup: dict) -> None:
 
 def test_jsonl_fields_become_metadata_and_filters_work(corpus: Path, setup: dict) -> None:
     cachedvec.ingest([corpus], **setup)
-    hits, _ = cachedvec.query("kettle water", index=setup["index"], store=setup["store"],
-                                    model=setup["model"], k=3, filter={"topic": "kettle"})
+    hits, _ = cachedvec.query(
+        "kettle water",
+        index=setup["index"],
+        store=setup["store"],
+        model=setup["model"],
+        k=3,
+        filter={"topic": "kettle"},
+    )
     assert [h.metadata["topic"] for h in hits] == ["kettle"]
 
 
@@ -160,11 +178,13 @@ def test_query_vectors_are_cached(corpus: Path, setup: dict) -> None:
     from cachedvec.search import query
 
     cachedvec.ingest([corpus], **setup)
-    _, cached = query(PARAGRAPHS[4], index=setup["index"], store=setup["store"],
-                      model=setup["model"])
+    _, cached = query(
+        PARAGRAPHS[4], index=setup["index"], store=setup["store"], model=setup["model"]
+    )
     assert not cached
-    hits, cached = query(PARAGRAPHS[4], index=setup["index"], store=setup["store"],
-                         model=setup["model"], k=1)
+    hits, cached = query(
+        PARAGRAPHS[4], index=setup["index"], store=setup["store"], model=setup["model"], k=1
+    )
     assert cached and PARAGRAPHS[4] in hits[0].text
 
 
@@ -175,16 +195,23 @@ def test_an_index_from_another_model_is_refused(corpus: Path, setup: dict) -> No
 
 
 def test_another_metric_on_an_existing_index_is_refused_with_a_reindex_hint(
-        corpus: Path, setup: dict) -> None:
+    corpus: Path, setup: dict
+) -> None:
     cachedvec.ingest([corpus], **setup)  # no metric: a new index is cosine
     manifest = (Path(setup["index"]) / "manifest.json").read_bytes()
     calls = setup["model"].calls
     (corpus / "new.md").write_text("Text that no run embedded yet.")
-    with pytest.raises(ConfigError, match=r"'cosine' metric, not 'l2'.*"
-                       rf"cachedvec reindex --index {re.escape(setup['index'])} --metric l2$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'cosine' metric, not 'l2'.*"
+        rf"cachedvec reindex --index {re.escape(setup['index'])} --metric l2$",
+    ):
         cachedvec.ingest([corpus], **setup, metric="l2")
-    with pytest.raises(ConfigError, match=r"is 'Flat', not 'HNSW32' and uses the 'cosine' "
-                                          r"metric, not 'ip'.*--factory 'HNSW32' --metric ip$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is 'Flat', not 'HNSW32' and uses the 'cosine' "
+        r"metric, not 'ip'.*--factory 'HNSW32' --metric ip$",
+    ):
         cachedvec.ingest([corpus], **setup, factory="HNSW32", metric="ip")
     assert (Path(setup["index"]) / "manifest.json").read_bytes() == manifest
     assert setup["model"].calls == calls
@@ -227,13 +254,15 @@ def test_reindex_stops_when_vectors_are_missing(corpus: Path, setup: dict, tmp_p
         cachedvec.reindex(setup["index"], factory="HNSW32", store=empty)
     assert info.value.missing > 0
     assert (Path(setup["index"]) / "manifest.json").read_bytes() == manifest  # untouched
-    report = cachedvec.reindex(setup["index"], store=empty, compute_missing=True,
-                               model=setup["model"])
+    report = cachedvec.reindex(
+        setup["index"], store=empty, compute_missing=True, model=setup["model"]
+    )
     assert report.computed == info.value.missing
 
 
 def test_reindex_can_switch_models_computing_only_what_is_missing(
-        corpus: Path, setup: dict) -> None:
+    corpus: Path, setup: dict
+) -> None:
     cachedvec.ingest([corpus], **setup)
     other = FakeEmbeddings(16, name="other")
     first = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
@@ -274,5 +303,6 @@ def test_vectors_in_the_index_equal_the_model(corpus: Path, setup: dict) -> None
         records = list(vindex.records())
         stored, missing = vindex.get_vectors([r.id for r in records])
     assert missing == []
-    np.testing.assert_allclose(stored, setup["model"].embed_array([r.text for r in records]),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        stored, setup["model"].embed_array([r.text for r in records]), atol=1e-6
+    )

@@ -304,8 +304,9 @@ def test_a_version_1_folder_with_sha256_checksums_still_loads_and_is_still_verif
     rewrite_manifest(tmp_path, as_version_1)
     with VectorIndex.load(tmp_path) as loaded:
         assert len(loaded) == 5
-    docstore = tmp_path / json.loads((tmp_path / "manifest.json").read_text())["files"][
-        "docstore"]["name"]
+    docstore = (
+        tmp_path / json.loads((tmp_path / "manifest.json").read_text())["files"]["docstore"]["name"]
+    )
     content = bytearray(docstore.read_bytes())
     content[-1] ^= 1
     docstore.write_bytes(bytes(content))

@@ -53,17 +53,32 @@ def store(store_url: str):  # type: ignore[no-untyped-def]
         yield opened
 
 
-def build(factory: str = PQ, *, rerank: int | None = None, metric: str = "cosine",
-          keys: list[str | None] | None = None, n: int = N) -> VectorIndex:
-    vindex = VectorIndex(DIM, factory=factory, metric=metric, rerank=rerank,
-                         nprobe=16 if factory.startswith("IVF") else None)
-    vindex.add(VECTORS[:n], [f"text {i}" for i in range(n)], [{"group": i % 5} for i in range(n)],
-               ids=[f"d{i}" for i in range(n)], cache_keys=(keys or KEYS)[:n])
+def build(
+    factory: str = PQ,
+    *,
+    rerank: int | None = None,
+    metric: str = "cosine",
+    keys: list[str | None] | None = None,
+    n: int = N,
+) -> VectorIndex:
+    vindex = VectorIndex(
+        DIM,
+        factory=factory,
+        metric=metric,
+        rerank=rerank,
+        nprobe=16 if factory.startswith("IVF") else None,
+    )
+    vindex.add(
+        VECTORS[:n],
+        [f"text {i}" for i in range(n)],
+        [{"group": i % 5} for i in range(n)],
+        ids=[f"d{i}" for i in range(n)],
+        cache_keys=(keys or KEYS)[:n],
+    )
     return vindex
 
 
-def exact(queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
-          n: int = N) -> np.ndarray:
+def exact(queries: np.ndarray, k: int, allowed: np.ndarray | None = None, n: int = N) -> np.ndarray:
     scores = queries @ VECTORS[:n].T
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
@@ -72,8 +87,11 @@ def exact(queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
 
 def recall(results: list[list], truth: np.ndarray) -> float:
     found = [{int(hit.id[1:]) for hit in hits} for hits in results]
-    return float(np.mean([len(f & set(t.tolist())) / truth.shape[1]
-                          for f, t in zip(found, truth, strict=True)]))
+    return float(
+        np.mean(
+            [len(f & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth, strict=True)]
+        )
+    )
 
 
 def test_rerank_lifts_pq_recall_above_target(store) -> None:  # type: ignore[no-untyped-def]
@@ -109,8 +127,11 @@ def test_cosine_normalises_cached_vectors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
 def test_other_metrics_score_exactly(store, metric: str) -> None:  # type: ignore[no-untyped-def]
-    truth_scores = (((QUERIES[:, None, :] - VECTORS[None]) ** 2).sum(-1) if metric == "l2"
-                    else -(QUERIES @ VECTORS.T))
+    truth_scores = (
+        ((QUERIES[:, None, :] - VECTORS[None]) ** 2).sum(-1)
+        if metric == "l2"
+        else -(QUERIES @ VECTORS.T)
+    )
     truth = np.argsort(truth_scores, axis=1, kind="stable")[:, :10]
     with build(rerank=8, metric=metric) as vindex:
         plain = recall(vindex.search_batch(QUERIES, 10), truth)
@@ -134,12 +155,14 @@ def test_flat_index_is_never_reranked(store_url: str, tmp_path: Path) -> None:
             refined.attach_cache(wrong)
             assert refined.rerank == 8 and not refined.reranking
             assert refined.search_batch(QUERIES, 10) == plain.search_batch(QUERIES, 10)
-            assert (refined.search(QUERIES[0], 5, filter={"group": 1})
-                    == plain.search(QUERIES[0], 5, filter={"group": 1}))
+            assert refined.search(QUERIES[0], 5, filter={"group": 1}) == plain.search(
+                QUERIES[0], 5, filter={"group": 1}
+            )
 
 
 def test_missing_or_damaged_cache_entries_fall_back_to_the_index(
-        store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     n = 3000
     keys: list[str | None] = list(KEYS[:n])
     for i in range(0, n, 3):
@@ -148,9 +171,15 @@ def test_missing_or_damaged_cache_entries_fall_back_to_the_index(
         keys[i] = None  # added without a key
     url = f"sqlite:///{tmp_path}/partial.db"
     with open_store(url) as partial:
-        partial.mset([(key, value) for key, value in
-                      zip(KEYS[:n], VectorCodec(DIM).encode_many(VECTORS[:n]), strict=True)
-                      if key in keys])
+        partial.mset(
+            [
+                (key, value)
+                for key, value in zip(
+                    KEYS[:n], VectorCodec(DIM).encode_many(VECTORS[:n]), strict=True
+                )
+                if key in keys
+            ]
+        )
         partial.mset([(KEYS[2], b"not a vector")])  # damaged
         with build(rerank=8, keys=keys, n=n) as vindex:
             vindex.attach_cache(partial)
@@ -194,10 +223,8 @@ def test_filters_are_honoured(store) -> None:  # type: ignore[no-untyped-def]
         plain = recall(vindex.search_batch(QUERIES, 10, filter={"group": 2}), truth)
         vindex.attach_cache(store)
         results = vindex.search_batch(QUERIES, 10, filter={"group": 2})
-        narrow = vindex.search(QUERIES[0], 3, filter={"group": {"$in": [4]}},
-                               score_threshold=0.0)
-    assert all(len(hits) == 10 and all(h.metadata["group"] == 2 for h in hits)
-               for hits in results)
+        narrow = vindex.search(QUERIES[0], 3, filter={"group": {"$in": [4]}}, score_threshold=0.0)
+    assert all(len(hits) == 10 and all(h.metadata["group"] == 2 for h in hits) for hits in results)
     assert recall(results, truth) >= max(0.9, plain)
     assert len(narrow) == 3 and all(h.metadata["group"] == 4 and h.score >= 0 for h in narrow)
 
@@ -239,13 +266,16 @@ def test_vectorstore_load_reranks_from_the_embeddings_cache(tmp_path: Path) -> N
             hits = loaded.similarity_search_with_score(query, k=5)
             stored = {t: v for t, v in zip(texts, emb.embed_documents_array(texts), strict=True)}
             for document, score in hits:
-                assert score == pytest.approx(float(exact_vector @ stored[document.page_content]),
-                                              abs=1e-5)
+                assert score == pytest.approx(
+                    float(exact_vector @ stored[document.page_content]), abs=1e-5
+                )
             # Without the store the scores are PQ's approximations.
             loaded.index.attach_cache(None)
             approx = loaded.similarity_search_with_score(query, k=5)
-            assert any(abs(score - float(exact_vector @ stored[d.page_content])) > 1e-3
-                       for d, score in approx)
+            assert any(
+                abs(score - float(exact_vector @ stored[d.page_content])) > 1e-3
+                for d, score in approx
+            )
         finally:
             loaded.close()
 
@@ -262,8 +292,11 @@ def test_bad_factor_is_a_config_error(bad: object, tmp_path: Path) -> None:
         cachedvec.reindex(tmp_path / "none", rerank=bad)  # type: ignore[arg-type]
 
 
-def test_reindex_gives_pq_the_default_rerank(store_url: str, store,  # type: ignore[no-untyped-def]
-                                             tmp_path: Path) -> None:
+def test_reindex_gives_pq_the_default_rerank(
+    store_url: str,
+    store,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "idx"
     with build("Flat", n=3000) as vindex:
         vindex.save(folder)
@@ -274,20 +307,48 @@ def test_reindex_gives_pq_the_default_rerank(store_url: str, store,  # type: ign
     assert report.rerank == DEFAULT_PQ_RERANK
     assert read_manifest(folder).search["rerank"] == DEFAULT_PQ_RERANK
     runner = CliRunner()
-    out = runner.invoke(main, ["reindex", "--index", str(folder), "--store", store_url,
-                               "--factory", PQ, "--nprobe", "16", "--rerank", "8", "--json"])
+    out = runner.invoke(
+        main,
+        [
+            "reindex",
+            "--index",
+            str(folder),
+            "--store",
+            store_url,
+            "--factory",
+            PQ,
+            "--nprobe",
+            "16",
+            "--rerank",
+            "8",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["rerank"] == 8
     truth = exact(QUERIES, 10, n=3000)
     with VectorIndex.load(folder, cache=store) as opened:
         assert opened.rerank == 8 and recall(opened.search_batch(QUERIES, 10), truth) >= 0.9
-    out = runner.invoke(main, ["reindex", "--index", str(folder), "--store", store_url,
-                               "--factory", PQ, "--no-rerank", "--json"])
+    out = runner.invoke(
+        main,
+        [
+            "reindex",
+            "--index",
+            str(folder),
+            "--store",
+            store_url,
+            "--factory",
+            PQ,
+            "--no-rerank",
+            "--json",
+        ],
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["rerank"] is None
     assert "rerank" not in read_manifest(folder).search
-    out = runner.invoke(main, ["reindex", "--index", str(folder), "--store", store_url,
-                               "--rerank", "0"])
+    out = runner.invoke(
+        main, ["reindex", "--index", str(folder), "--store", store_url, "--rerank", "0"]
+    )
     assert out.exit_code != 0 and "rerank" in out.output
     report = cachedvec.reindex(folder, store=store_url, factory="IVF16,SQ8")
     assert report.rerank is None
@@ -295,7 +356,8 @@ def test_reindex_gives_pq_the_default_rerank(store_url: str, store,  # type: ign
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16"])
 def test_reindex_refuses_a_factor_where_reranking_changes_nothing(
-        store_url: str, tmp_path: Path, factory: str) -> None:
+    store_url: str, tmp_path: Path, factory: str
+) -> None:
     """Flat storage scores exactly: a factor would be saved and reported, never used."""
     folder = tmp_path / "idx"
     with build("Flat", n=3000) as vindex:
@@ -304,10 +366,28 @@ def test_reindex_refuses_a_factor_where_reranking_changes_nothing(
     with pytest.raises(ConfigError, match="already scores exactly"):
         cachedvec.reindex(folder, store=store_url, factory=factory, rerank=4)
     with pytest.raises(ConfigError, match="already scores exactly"):  # through a model too
-        cachedvec.reindex(folder, store=f"sqlite:///{tmp_path}/model.db", factory=factory,
-                          rerank=4, model=FakeEmbeddings(DIM))
-    out = CliRunner().invoke(main, ["reindex", "--index", str(folder), "--store", store_url,
-                                    "--factory", factory, "--rerank", "4", "--json"])
+        cachedvec.reindex(
+            folder,
+            store=f"sqlite:///{tmp_path}/model.db",
+            factory=factory,
+            rerank=4,
+            model=FakeEmbeddings(DIM),
+        )
+    out = CliRunner().invoke(
+        main,
+        [
+            "reindex",
+            "--index",
+            str(folder),
+            "--store",
+            store_url,
+            "--factory",
+            factory,
+            "--rerank",
+            "4",
+            "--json",
+        ],
+    )
     assert out.exit_code != 0 and "already scores exactly" in out.output
     assert "re-rank" not in out.output and '"rerank"' not in out.output
     assert (folder / "manifest.json").read_bytes() == manifest  # nothing was changed
@@ -342,14 +422,14 @@ def test_query_job_reranks_from_its_store(tmp_path: Path) -> None:
     hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM))
     assert len(hits) == 5 and max(errors(hits)) < 1e-5
     with pytest.raises(ConfigError):
-        query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM),
-              rerank=0)
+        query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM), rerank=0)
     # With the index's setting turned off, the scores are PQ's approximations.
     with VectorIndex.load(tmp_path / "idx") as vindex:
         vindex.rerank = None
         vindex.save(tmp_path / "idx")
     hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM))
     assert max(errors(hits)) > 1e-3
-    hits, _ = query(question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM),
-                    rerank=10)
+    hits, _ = query(
+        question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM), rerank=10
+    )
     assert max(errors(hits)) < 1e-5

@@ -59,8 +59,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         folder.mkdir()
         result = _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
         if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'}); "
-                        "a full disk and a read-only folder need one")
+            pytest.skip(
+                f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'}); "
+                "a full disk and a read-only folder need one"
+            )
         mounted.append(folder)
         return folder
 
@@ -143,7 +145,7 @@ def test_a_full_disk_is_a_store_error_and_keeps_what_was_written(
 
 
 def test_a_full_disk_during_an_index_save_keeps_the_previous_index(
-    tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path],
 ) -> None:
     disk = tmpfs("256k")
     folder = disk / "index"
@@ -161,7 +163,7 @@ def test_a_full_disk_during_an_index_save_keeps_the_previous_index(
 
 
 def test_a_full_disk_during_an_index_save_is_a_vector_index_error(
-    tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path],
 ) -> None:
     disk = tmpfs("256k")
     index = VectorIndex(DIM)
@@ -175,7 +177,7 @@ def test_a_full_disk_during_an_index_save_is_a_vector_index_error(
 
 
 def test_a_read_only_folder_gives_clear_errors_and_keeps_everything(
-    tmpfs: Callable[[str], Path]
+    tmpfs: Callable[[str], Path],
 ) -> None:
     disk = tmpfs("8m")
     urls = {kind: store_url(kind, disk) for kind in LOCAL_KINDS}
@@ -187,8 +189,13 @@ def test_a_read_only_folder_gives_clear_errors_and_keeps_everything(
     corpus.mkdir()
     (corpus / "notes.txt").write_text("\n\n".join(texts("corpus", 6)) + "\n")
     index = disk / "index"
-    options = {"index": index, "store": urls["file"], "model": FakeEmbeddings(DIM),
-               "chunk_size": 60, "chunk_overlap": 0}
+    options = {
+        "index": index,
+        "store": urls["file"],
+        "model": FakeEmbeddings(DIM),
+        "chunk_size": 60,
+        "chunk_overlap": 0,
+    }
     documents = cachedvec.ingest([corpus], **options).documents
     read_only(disk)
     try:
@@ -221,8 +228,9 @@ def test_a_read_only_folder_gives_clear_errors_and_keeps_everything(
 # ---------------------------------------------------------- too many open files
 
 
-def run_out_of_descriptors(server: ForkServer, tmp_path: Path,
-                           make_store_url: Callable[[str], str], save: bool) -> None:
+def run_out_of_descriptors(
+    server: ForkServer, tmp_path: Path, make_store_url: Callable[[str], str], save: bool
+) -> None:
     """Use every store and the index with 0..7 spare descriptors; check what happened."""
     urls = {kind: make_store_url(kind) for kind in [*LOCAL_KINDS, "postgres"]}
     for url in urls.values():

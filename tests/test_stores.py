@@ -163,10 +163,19 @@ def test_file_store_ignores_foreign_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["nope", "ftp://x/y", "redis://localhost", "file://", "diskcache://",
-     "diskcache:///tmp/x?eviction_policy=random", "diskcache:///tmp/x?size_limit=lots",
-     "diskcache:///tmp/x?colour=blue", "diskcache:///tmp/x?size_limit=1",
-     "diskcache:///tmp/x?size_limit=-5GB", "diskcache:///tmp/x?cull_limit=-1"],
+    [
+        "nope",
+        "ftp://x/y",
+        "redis://localhost",
+        "file://",
+        "diskcache://",
+        "diskcache:///tmp/x?eviction_policy=random",
+        "diskcache:///tmp/x?size_limit=lots",
+        "diskcache:///tmp/x?colour=blue",
+        "diskcache:///tmp/x?size_limit=1",
+        "diskcache:///tmp/x?size_limit=-5GB",
+        "diskcache:///tmp/x?cull_limit=-1",
+    ],
 )
 def test_bad_urls_raise_clear_errors(url: str) -> None:
     with pytest.raises((InvalidURLError, StoreError)) as info:
@@ -207,8 +216,11 @@ def test_diskcache_url_is_the_whole_configuration(tmp_path: Path) -> None:
 def test_unreachable_paths_raise_store_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    for url in (f"file://{blocker}/sub", f"diskcache://{blocker}/sub",
-                f"sqlite:///{blocker}/sub/cache.db"):
+    for url in (
+        f"file://{blocker}/sub",
+        f"diskcache://{blocker}/sub",
+        f"sqlite:///{blocker}/sub/cache.db",
+    ):
         with pytest.raises(StoreError, match="a-file"):
             open_store(url)
 

@@ -17,13 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_ruff_finds_nothing() -> None:
     pytest.importorskip("ruff", reason="ruff comes with the test extra")
     result = run_tool("ruff", "check", "cachedvec", "tests", "bench", "examples", "migrations")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_code_is_formatted() -> None:
+    pytest.importorskip("ruff", reason="ruff comes with the test extra")
+    result = run_tool(
+        "ruff", "format", "--check", "cachedvec", "tests", "bench", "examples", "migrations"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -247,8 +247,11 @@ def save_rebuilt(
     """
     settings = {
         name: value
-        for name, value in (("ef_search", index.ef_search), ("nprobe", index.nprobe),
-                            ("rerank", rerank))
+        for name, value in (
+            ("ef_search", index.ef_search),
+            ("nprobe", index.nprobe),
+            ("rerank", rerank),
+        )
         if value is not None
     }
     try:

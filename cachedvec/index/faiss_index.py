@@ -185,7 +185,8 @@ class FaissIndex:
         child = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else None
         flat_metrics = (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2)
         self._flat: Any = (
-            child if isinstance(child, faiss.IndexFlat) and child.metric_type in flat_metrics
+            child
+            if isinstance(child, faiss.IndexFlat) and child.metric_type in flat_metrics
             else None
         )
         if ef_search is not None and self._hnsw is None:
@@ -526,15 +527,15 @@ def _removal_selector(index: faiss.Index) -> Any:
 
 def _positive(name: str, value: Any) -> int:
     # FAISS stores these settings in a C int: anything larger overflows there.
-    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-            or not 0 < value < 2**31):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 < value < 2**31:
         raise ConfigError(f"{name} must be a positive integer below 2**31, got {value!r}")
     return int(value)
 
 
 @contextmanager
-def _one_warning_for_few_training_vectors(index: faiss.Index, factory: str,
-                                          n: int) -> Iterator[None]:
+def _one_warning_for_few_training_vectors(
+    index: faiss.Index, factory: str, n: int
+) -> Iterator[None]:
     """Say once, through logging, what FAISS's k-means prints once per clustering.
 
     With fewer than ``min_points_per_centroid`` training vectors per
@@ -565,10 +566,14 @@ def _one_warning_for_few_training_vectors(index: faiss.Index, factory: str,
             params.min_points_per_centroid = 1
         # Fewer vectors than centroids is an error from FAISS, reported on its own.
         if short and all(n >= centroids for _, _, centroids in clusterings):
-            log.warning("training %s on only %s vectors: k-means wants %s; search recall "
-                        "may suffer (train on more vectors, or ask for fewer lists or "
-                        "centroids)", factory, f"{n:,}",
-                        ", ".join(f"{wanted:,} for {what}" for what, wanted in short.items()))
+            log.warning(
+                "training %s on only %s vectors: k-means wants %s; search recall "
+                "may suffer (train on more vectors, or ask for fewer lists or "
+                "centroids)",
+                factory,
+                f"{n:,}",
+                ", ".join(f"{wanted:,} for {what}" for what, wanted in short.items()),
+            )
         yield
     finally:
         for opq, _ in lent:
@@ -586,8 +591,10 @@ def _factory_error(factory: str, dim: int, metric: str, exc: BaseException) -> s
     if _L2_ONLY.match(reason):
         kind = "LSH" if "LSH" in factory else "this index type"
         reason = f"{kind} supports only the l2 metric"
-    return (f"FAISS factory string {factory!r} is valid, but FAISS refuses it for {dim}-d "
-            f"{metric} vectors: {reason}")
+    return (
+        f"FAISS factory string {factory!r} is valid, but FAISS refuses it for {dim}-d "
+        f"{metric} vectors: {reason}"
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -307,8 +307,10 @@ def _parse_manifest(data: Any, path: Path) -> Manifest:
             search={str(key): _int(value, 1) for key, value in data["search"].items()},
             fingerprint=data["fingerprint"],
             counts={name: _int(data["counts"][name], 0) for name in _COUNTS},
-            files={role: _file_entry(data["files"][role], _int(version, 1))
-                   for role in ("index", "docstore")},
+            files={
+                role: _file_entry(data["files"][role], _int(version, 1))
+                for role in ("index", "docstore")
+            },
             created=str(data["created"]),
             format_version=_int(version, 1),
         )

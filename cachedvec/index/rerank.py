@@ -46,8 +46,9 @@ def check_rerank(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"rerank must be a positive integer (candidates per result), "
-                          f"got {value!r}")
+        raise ConfigError(
+            f"rerank must be a positive integer (candidates per result), got {value!r}"
+        )
     return int(value)
 
 
@@ -81,7 +82,7 @@ class CacheReader:
         """``(rows, found)``: ``found[i]`` is False where key ``i`` gave no usable vector."""
         parts, flags = [], []
         for start in range(0, len(keys), _READ_BATCH):
-            chunk = list(keys[start:start + _READ_BATCH])
+            chunk = list(keys[start : start + _READ_BATCH])
             block, absent, corrupt = self._codec.decode_many(self._store.mget(chunk))
             ok = np.ones(len(chunk), dtype=bool)
             ok[absent] = False
@@ -104,8 +105,9 @@ class CacheReranker:
 
     def __init__(self, store: Any, dim: int) -> None:
         if not callable(getattr(store, "mget", None)):
-            raise ConfigError(f"re-ranking needs a byte store with mget, got "
-                              f"{type(store).__name__}")
+            raise ConfigError(
+                f"re-ranking needs a byte store with mget, got {type(store).__name__}"
+            )
         self.store = store
         self._reader = CacheReader(store, dim)
         self.dim = dim
@@ -143,7 +145,10 @@ class CacheReranker:
                 log.warning(
                     "re-ranking: %d of %d candidates have no usable vector in the cache, so "
                     "they keep the index's approximate scores (is this the cache the index "
-                    "was built from?)", len(lacking), len(vector_ids))
+                    "was built from?)",
+                    len(lacking),
+                    len(vector_ids),
+                )
             self.fallbacks += len(lacking)
             out[lacking] = reconstruct(vector_ids[lacking])  # already as the index stores
         return out

@@ -469,8 +469,9 @@ class VectorIndex:
             scores, ids = self._filtered(matrix, wanted, predicate, fetch_k)
         if reranker is None:
             return scores, ids
-        return reranker.rerank(matrix, ids, self._docs.cache_keys_of, k, self.metric,
-                               self._faiss.reconstruct)
+        return reranker.rerank(
+            matrix, ids, self._docs.cache_keys_of, k, self.metric, self._faiss.reconstruct
+        )
 
     def _unfiltered(self, matrix: Matrix, k: int) -> tuple[Matrix, Ids]:
         scores, ids = self._faiss.search(matrix, k)

@@ -125,6 +125,5 @@ def _check_options(options: dict[str, Any], known: tuple[str, ...], store_type: 
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
-            f"unknown option {unknown[0]!r} for a {store_type} store: it takes "
-            + ", ".join(known)
+            f"unknown option {unknown[0]!r} for a {store_type} store: it takes " + ", ".join(known)
         )

@@ -74,8 +74,10 @@ class CachedVecStore(ByteStore):
                 t[0] += 1
                 t[1] += len(value)
                 t[2], t[3] = max(t[2], written), max(t[3], read)
-        return {ns: NamespaceStats(int(a), int(b), int(c), int(d))
-                for ns, (a, b, c, d) in sorted(totals.items())}
+        return {
+            ns: NamespaceStats(int(a), int(b), int(c), int(d))
+            for ns, (a, b, c, d) in sorted(totals.items())
+        }
 
     def prune(
         self,

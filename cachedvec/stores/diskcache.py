@@ -25,14 +25,25 @@ from cachedvec.errors import InvalidKeyError, InvalidURLError, InvalidValueError
 from cachedvec.stores.base import CachedVecStore
 
 EVICTION_POLICIES = (
-    "least-recently-stored", "least-recently-used", "least-frequently-used", "none",
+    "least-recently-stored",
+    "least-recently-used",
+    "least-frequently-used",
+    "none",
 )
 DEFAULT_SIZE_LIMIT = 2**30
 # Below this a cache holds a few hundred vectors at most, and a limit smaller
 # than one value evicts every write at once: surely a typo for MB or GB.
 MIN_SIZE_LIMIT = 2**20
-_UNITS = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 class _Refused(Exception):
@@ -177,8 +188,9 @@ class DiskCacheStore(CachedVecStore):
         for start in range(0, len(keys), 500):
             part = list(keys[start : start + 500])
             marks = ",".join("?" * len(part))
-            sql = ("SELECT key, store_time, access_time FROM Cache "
-                   f"WHERE raw = 1 AND key IN ({marks})")
+            sql = (
+                f"SELECT key, store_time, access_time FROM Cache WHERE raw = 1 AND key IN ({marks})"
+            )
             rows = self.cache._sql(sql, part).fetchall()
             times.update({k: (s or 0.0, a or 0.0) for k, s, a in rows})
         return [times.get(k, (0.0, 0.0)) for k in keys]

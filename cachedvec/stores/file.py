@@ -182,8 +182,10 @@ def _subdirs(folder: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(folder) as it:
             return [
-                e for e in it
-                if len(e.name) == 2 and all(c in "0123456789abcdef" for c in e.name)
+                e
+                for e in it
+                if len(e.name) == 2
+                and all(c in "0123456789abcdef" for c in e.name)
                 and e.is_dir(follow_symlinks=False)
             ]
     except FileNotFoundError:
