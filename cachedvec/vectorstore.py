@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -87,6 +88,7 @@ class CachedVectorStore(VectorStore):
             "rerank": check_rerank(rerank),
         }
         self._index = index
+        self._creating = threading.Lock()
         self._closed = False
         if index is not None:
             if rerank is not None:
@@ -216,7 +218,11 @@ class CachedVectorStore(VectorStore):
         if self._index is None:
             if matrix.ndim != 2:
                 raise ConfigError(f"vectors must be a 2-d array, got shape {matrix.shape}")
-            self._index = self._new_index(matrix.shape[1])
+            # Concurrent first adds (threads, or aadd_texts gathered) must
+            # share one index: each making its own would keep only the last.
+            with self._creating:
+                if self._index is None:
+                    self._index = self._new_index(matrix.shape[1])
         return self._index.add(matrix, texts, metadatas, ids=ids, cache_keys=cache_keys)
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,6 +117,40 @@ def test_plain_langchain_embeddings_work() -> None:
     assert ids[0] == "a" and len(ids[1]) == 32
     assert vectorstore.similarity_search("alpha", k=1)[0].id == "a"
     assert vectorstore.index is not None and vectorstore.index.dim == 12
+
+
+class _MeetingEmbeddings(DeterministicFakeEmbedding):
+    """Lets every thread finish embedding before any adds, to line up first adds."""
+
+    barrier: Any = None
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors = super().embed_documents(texts)
+        self.barrier.wait(timeout=10)
+        return vectors
+
+
+def test_concurrent_first_adds_share_one_index() -> None:
+    # The dimension is unknown until the first add creates the index; each
+    # thread creating its own used to keep only the last one's documents.
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(10):
+            embedding = _MeetingEmbeddings(size=8, barrier=threading.Barrier(4))
+            vectorstore = CachedVectorStore(embedding)
+
+            def add(t: int, vectorstore: CachedVectorStore = vectorstore) -> None:
+                vectorstore.add_texts([f"doc {t}-{i}" for i in range(5)])
+
+            threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(vectorstore) == 20
+    finally:
+        sys.setswitchinterval(old_interval)
 
 
 # -- ids, upsert, delete, get ----------------------------------------------------------------
