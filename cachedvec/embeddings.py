@@ -27,6 +27,7 @@ from cachedvec.errors import ConfigError, ModelOutputError, check_count
 from cachedvec.keys import KeyEncoder, Kind, ModelFingerprint, check_namespace
 from cachedvec.models import EmbeddingModel, as_model
 from cachedvec.stores import open_store
+from cachedvec.stores.path_keys import PathSafeKeys, needs_path_safe_keys
 
 
 @dataclass
@@ -128,6 +129,8 @@ class CachedEmbeddings(Embeddings):
             return opened
         if not isinstance(store, BaseStore):
             raise ConfigError(f"store must be a ByteStore or a URL, got {type(store).__name__}")
+        if needs_path_safe_keys(store):
+            return PathSafeKeys(store)
         return store
 
     @classmethod

@@ -37,7 +37,11 @@ KEY_VERSION = "cv1"
 Kind = Literal["doc", "query"]
 KINDS: tuple[Kind, ...] = ("doc", "query")
 _SLUG_STRIP = re.compile(r"[^a-z0-9._-]+")
-_NAMESPACE_OK = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+# "/" is allowed (LangChain users name namespaces after models, such as
+# "sentence-transformers/all-MiniLM-L6-v2"), but not as an empty, "." or
+# ".." path segment, for stores that map keys to files.
+_NAMESPACE_OK = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,200}$")
+_NAMESPACE_BAD_SEGMENT = re.compile(r"(^|/)(\.{1,2})?(/|$)")
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,10 @@ def slug(name: str) -> str:
 
 def check_namespace(namespace: str) -> str:
     """Validate a user-given namespace so keys stay safe for every store."""
-    if not _NAMESPACE_OK.match(namespace):
+    if not _NAMESPACE_OK.match(namespace) or _NAMESPACE_BAD_SEGMENT.search(namespace):
         raise ConfigError(
-            f"namespace {namespace!r} must be 1-200 characters of letters, digits and ._:@+=-"
+            f"namespace {namespace!r} must be 1-200 characters of letters, digits and "
+            "._:@+=-/ (with no empty, '.' or '..' part between slashes)"
         )
     return namespace
 

@@ -280,6 +280,31 @@ def test_from_bytes_store_takes_langchain_arguments() -> None:
         CachedEmbeddings.from_bytes_store(model, store, key_encoder="sha1")
 
 
+def test_langchain_local_file_store_works_with_a_model_named_namespace(tmp_path: Path) -> None:
+    # LangChain's LocalFileStore refuses ":" in keys; cachedvec escapes them.
+    from langchain_classic.storage import LocalFileStore
+
+    store = LocalFileStore(tmp_path)
+    model = FakeEmbeddings(8)
+    namespace = "sentence-transformers/all-MiniLM-L6-v2"
+    emb = CachedEmbeddings.from_bytes_store(model, store, namespace=namespace)
+    first = emb.embed_documents_array(TEXTS[:5])
+    query = emb.embed_query("a question")
+
+    again = CachedEmbeddings.from_bytes_store(model, LocalFileStore(tmp_path), namespace=namespace)
+    calls = model.calls
+    np.testing.assert_array_equal(again.embed_documents_array(TEXTS[:5]), first)
+    assert again.embed_query("a question") == query and model.calls == calls
+    assert set(again.store.yield_keys()) == set(emb.document_keys(TEXTS[:5])) | set(
+        emb.query_keys(["a question"])
+    )
+    assert sorted(again.store.yield_keys(prefix=f"cv1:{namespace}:query:")) == emb.query_keys(
+        ["a question"]
+    )
+    # The model name is a folder in the store, as with LangChain's own cache.
+    assert (tmp_path / "cv1_3asentence-transformers").is_dir()
+
+
 def test_get_vectors_reads_without_the_model() -> None:
     model = FakeEmbeddings(8)
     emb = CachedEmbeddings(model)

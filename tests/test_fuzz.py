@@ -44,12 +44,15 @@ from cachedvec.errors import (
 )
 from cachedvec.index import VectorIndex, compile_filter, read_manifest
 from cachedvec.keys import KeyEncoder, ModelFingerprint, check_namespace
+from cachedvec.stores import path_keys
 from cachedvec.stores.file import FileStore
 from cachedvec.testing import FakeEmbeddings
 from tests.crash_harness import Figures
 
 FIGURES = Figures("fuzz tests")
-KEY_RE = re.compile(r"^cv1:[A-Za-z0-9._:@+=-]+:(doc|query):[0-9a-f]{64}$")
+KEY_RE = re.compile(r"^cv1:[A-Za-z0-9._:@+=/-]+:(doc|query):[0-9a-f]{64}$")
+# What LangChain's LocalFileStore accepts as a key.
+LOCAL_FILE_KEY_RE = re.compile(r"^[a-zA-Z0-9_.\-/]+$")
 
 
 def fuzz(examples: int) -> Any:
@@ -244,7 +247,24 @@ def test_a_user_namespace_is_store_safe_or_refused(namespace: str) -> None:
         check_namespace(namespace)
     except ConfigError:
         return
-    assert KEY_RE.match(KeyEncoder(namespace, "doc").key("text"))
+    key = KeyEncoder(namespace, "doc").key("text")
+    assert KEY_RE.match(key)
+    assert not {"", ".", ".."} & set(namespace.split("/"))
+    stored = path_keys.escape(key)
+    assert LOCAL_FILE_KEY_RE.match(stored) and path_keys.unescape(stored) == key
+
+
+@fuzz(300)
+@given(key=any_text)
+def test_path_safe_keys_round_trip_any_key(key: str) -> None:
+    count("keys: path-safe escapes")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return  # keys are text a store can encode
+    stored = path_keys.escape(key)
+    assert path_keys.unescape(stored) == key
+    assert stored == "" or re.fullmatch(r"[A-Za-z0-9_./-]+", stored)
 
 
 @fuzz(200)

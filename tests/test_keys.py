@@ -91,10 +91,15 @@ def test_texts_are_hashed_exactly() -> None:
     assert len(set(enc.keys(["a", "a ", "A", "a\x00", ""]))) == 5
 
 
-@pytest.mark.parametrize("bad", ["", "a/b", "../x", "a b", "x" * 201])
+@pytest.mark.parametrize("bad", ["", "../x", "a/./b", "a//b", "/a", "a/", "a/..", "a b", "x" * 201])
 def test_user_namespaces_are_validated(bad: str) -> None:
     with pytest.raises(ConfigError):
         check_namespace(bad)
+
+
+@pytest.mark.parametrize("good", ["sentence-transformers/all-MiniLM-L6-v2", "a:b", "v1.2/x..y"])
+def test_model_names_with_slashes_are_namespaces(good: str) -> None:
+    assert check_namespace(good) == good
 
 
 def test_slug_is_readable() -> None:

@@ -1,0 +1,67 @@
+"""Keys for LangChain's ``LocalFileStore``, which takes only path characters.
+
+``LocalFileStore`` turns each key into a file path and refuses any key with
+a character outside ``[A-Za-z0-9_./-]``, so every cachedvec key
+(``cv1:<namespace>:<kind>:<digest>``) fails on its colons. :class:`PathSafeKeys`
+sits between the two and escapes each other character, and ``_`` itself,
+as ``_`` plus two hex digits per UTF-8 byte: ``cv1:ns:doc:ab..`` is stored as
+``cv1_3ans_3adoc_3aab..``. The escape is reversible (``yield_keys`` gives
+back the original keys). A ``/`` in a namespace
+stays a ``/``, so ``sentence-transformers/all-MiniLM-L6-v2`` becomes a
+folder, as it would with LangChain's own cache; namespaces never hold
+``.`` or ``..`` segments (:func:`cachedvec.keys.check_namespace`).
+
+Other LangChain stores (in memory, Redis, SQL) take any string and get the
+keys unchanged, so a cache browsed there reads like cachedvec's own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+
+from langchain_core.stores import ByteStore
+
+_SAFE = re.compile(r"[^A-Za-z0-9./-]")
+_ESCAPED = re.compile(r"(?:_[0-9a-f]{2})+")
+
+
+def needs_path_safe_keys(store: ByteStore) -> bool:
+    """Whether ``store`` is a LangChain ``LocalFileStore`` (any of its packages)."""
+    cls = type(store)
+    return cls.__name__ == "LocalFileStore" and cls.__module__.startswith("langchain")
+
+
+def escape(key: str) -> str:
+    return _SAFE.sub(lambda m: "".join(f"_{b:02x}" for b in m[0].encode("utf-8")), key)
+
+
+def unescape(name: str) -> str:
+    return _ESCAPED.sub(lambda m: bytes.fromhex(m[0].replace("_", "")).decode("utf-8"), name)
+
+
+class PathSafeKeys(ByteStore):
+    """A byte store seen through escaped keys (see the module docs)."""
+
+    def __init__(self, store: ByteStore) -> None:
+        self.store = store
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self.store.mget([escape(k) for k in keys])
+
+    def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
+        self.store.mset([(escape(k), v) for k, v in key_value_pairs])
+
+    def mdelete(self, keys: Sequence[str]) -> None:
+        self.store.mdelete([escape(k) for k in keys])
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        # LocalFileStore reads a prefix as a folder, not as the start of a
+        # key, so the prefix is applied here.
+        for name in self.store.yield_keys():
+            key = unescape(name)
+            if prefix is None or key.startswith(prefix):
+                yield key
+
+    def __repr__(self) -> str:
+        return f"PathSafeKeys({self.store!r})"
