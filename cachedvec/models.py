@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -32,6 +33,7 @@ from cachedvec.errors import ConfigError, ModelError, ModelOutputError
 from cachedvec.keys import ModelFingerprint
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -238,8 +240,21 @@ _NEUTRAL_FIELDS = {
 _SECRET_WORDS = ("key", "token", "secret", "password", "client", "header", "credential")
 
 
-def _public_params(obj: Any) -> dict[str, Any]:
-    """JSON-able, non-secret settings of an embeddings object, for its fingerprint."""
+#: How far settings held in objects are followed: a user's wrapper (1)
+#: around a LangChain model (2) around its client settings.
+_NESTING = 2
+_warned_about: set[tuple[str, str]] = set()
+
+
+def _public_params(obj: Any, depth: int = _NESTING) -> dict[str, Any]:
+    """Non-secret settings of an embeddings object, as JSON, for its fingerprint.
+
+    A setting that is an object (a wrapper holding a model, say) is
+    described by its type and its own settings, or by its fingerprint if it
+    is a model cachedvec knows; leaving it out would give two wrappers of
+    different models one namespace, and one would be served the other's
+    vectors.
+    """
     try:
         fields = obj.model_dump() if hasattr(obj, "model_dump") else dict(vars(obj))
     except Exception:
@@ -251,12 +266,51 @@ def _public_params(obj: Any) -> dict[str, Any]:
             continue
         if any(word in lowered for word in _SECRET_WORDS):
             continue
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        params[name] = value
+        params[name] = _setting(value, depth)
+        if params[name] == {"type": _type_name(value)}:
+            _warn_indistinct(obj, name, value)
     return params
+
+
+def _setting(value: Any, depth: int) -> Any:
+    """One setting as JSON: itself, a known model's fingerprint, or type and settings."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        pass
+    fingerprint = getattr(value, "fingerprint", None)
+    if isinstance(fingerprint, ModelFingerprint):
+        return json.loads(fingerprint.canonical())
+    if type(value).__name__ == "SentenceTransformer":
+        try:
+            return json.loads(_wrap_loaded_sentence_transformer(value).fingerprint.canonical())
+        except ConfigError:
+            pass
+    if callable(value) and hasattr(value, "__qualname__"):
+        return {"callable": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
+    inner = _public_params(value, depth - 1) if depth > 0 else {}
+    return {"type": _type_name(value), "params": inner} if inner else {"type": _type_name(value)}
+
+
+def _type_name(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _warn_indistinct(owner: Any, name: str, value: Any) -> None:
+    """Say once per class and setting that the fingerprint cannot see inside it."""
+    seen = (_type_name(owner), name)
+    if seen in _warned_about:
+        return
+    _warned_about.add(seen)
+    log.warning(
+        "cachedvec cannot tell %s models apart by their %r setting (a %s): if two "
+        "such models differ only there, give each its own namespace=, or they "
+        "share cache entries",
+        type(owner).__name__,
+        name,
+        type(value).__name__,
+    )
 
 
 class LangChainModel:

@@ -337,3 +337,51 @@ def test_any_langchain_embeddings_works_as_model() -> None:
     assert "deterministicfakeembedding" in emb.namespace
     other = CachedEmbeddings(DeterministicFakeEmbedding(size=24))
     assert other.namespace != emb.namespace  # `size` is part of the fingerprint
+
+
+class _Wrapper(Embeddings):
+    """A user's adapter around some model object, as people write them."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.model.embed_documents(texts)  # type: ignore[attr-defined]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.model.embed_query(text)  # type: ignore[attr-defined]
+
+
+def test_wrappers_of_different_models_get_different_namespaces() -> None:
+    store = open_store("memory://")
+    first = CachedEmbeddings(_Wrapper(FakeEmbeddings(16, seed=1)), store)
+    second = CachedEmbeddings(_Wrapper(FakeEmbeddings(16, seed=2)), store)
+    assert first.namespace != second.namespace
+    first.embed_documents(["hello"])
+    np.testing.assert_array_equal(
+        second.embed_documents_array(["hello"]),
+        FakeEmbeddings(16, seed=2).embed_array(["hello"]),
+    )
+    # Settings inside a plain object count too.
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    sizes = {
+        CachedEmbeddings(_Wrapper(DeterministicFakeEmbedding(size=n))).namespace for n in (8, 9)
+    }
+    assert len(sizes) == 2
+
+
+def test_a_setting_the_fingerprint_cannot_see_into_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Opaque:
+        __slots__ = ()
+
+    class OpaqueWrapper(_Wrapper):
+        pass
+
+    with caplog.at_level("WARNING", logger="cachedvec.models"):
+        CachedEmbeddings(OpaqueWrapper(Opaque()))
+        CachedEmbeddings(OpaqueWrapper(Opaque()))
+    warnings = [r.getMessage() for r in caplog.records if "cannot tell" in r.getMessage()]
+    assert len(warnings) == 1 and "'model' setting" in warnings[0] and "namespace=" in warnings[0]
