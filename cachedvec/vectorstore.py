@@ -1,9 +1,12 @@
 """``CachedVectorStore``: LangChain's ``VectorStore`` over a :class:`VectorIndex`.
 
-A drop-in for ``langchain_community.vectorstores.FAISS`` without its
-defects: no pickle on disk, deletes that are correct for every index type,
-upserts that cannot leave an orphan vector, filters that return ``k``
-results whenever ``k`` documents match, and a batch search.
+Searches, filters, MMR and retrievers as with
+``langchain_community.vectorstores.FAISS``, without its defects: no pickle
+on disk (:meth:`CachedVectorStore.save` and :meth:`CachedVectorStore.load`
+write and read a folder; there is no ``save_local``), deletes that are
+correct for every index type, upserts that cannot leave an orphan vector,
+filters that return ``k`` results whenever ``k`` documents match, and a
+batch search.
 
 With a :class:`cachedvec.CachedEmbeddings` the store takes numpy arrays
 straight from the cache (``embed_documents_array``) and records each text's
@@ -16,7 +19,9 @@ cosine similarity (``metric="cosine"``, the default), inner product
 (``"ip"``), or squared Euclidean distance (``"l2"``, lower is closer, as
 LangChain's FAISS reports it). Relevance scores (``..._with_relevance_scores``)
 are on one scale for all three: the cosine similarity of unit-length
-embeddings (for l2, ``1 - d²/2``), clipped to ``[0, 1]``.
+embeddings (for l2, ``1 - d²/2``), clipped to ``[0, 1]``. With embeddings
+that are not unit length, ip and l2 scores leave that range; the store then
+logs one warning, since the clipped values no longer rank anything.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class CachedVectorStore(VectorStore):
         }
         self._index = index
         self._creating = threading.Lock()
+        self._warned_relevance = False
         self._closed = False
         if index is not None:
             if rerank is not None:
@@ -360,7 +366,24 @@ class CachedVectorStore(VectorStore):
         return [_document(hit) for hit in hits]
 
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
-        return _l2_relevance if self._options["metric"] == "l2" else _similarity_relevance
+        metric = self._options["metric"]
+
+        def relevance(score: float) -> float:
+            # For unit vectors |a - b|² = 2 - 2 cos(a, b): l2 gives the cosine too.
+            value = 1.0 - score / 2.0 if metric == "l2" else score
+            # Outside [-1, 1] the embeddings are not unit length, and the
+            # clipped value says nothing; say so once rather than mislead.
+            if not -1.001 <= value <= 1.001 and not self._warned_relevance:
+                self._warned_relevance = True
+                logger.warning(
+                    "relevance scores assume unit-length embeddings, but this %s index "
+                    "holds longer ones, so its relevance scores are clipped and "
+                    "unreliable: normalise the embeddings or use metric='cosine'",
+                    metric,
+                )
+            return min(1.0, max(0.0, value))
+
+        return relevance
 
     # -- async twins (embedding awaited natively, index work in a thread) --------------
 
@@ -519,15 +542,6 @@ def _nothing_found_mmr(
 
 def _document(hit: Hit) -> Document:
     return Document(hit.text, metadata=hit.metadata, id=hit.id)
-
-
-def _similarity_relevance(score: float) -> float:
-    return min(1.0, max(0.0, score))
-
-
-def _l2_relevance(squared_distance: float) -> float:
-    # For unit vectors |a - b|² = 2 - 2 cos(a, b): this is the cosine again.
-    return min(1.0, max(0.0, 1.0 - squared_distance / 2.0))
 
 
 def _no_extra(kwargs: dict[str, Any], allowed: frozenset[str], where: str) -> None:

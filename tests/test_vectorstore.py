@@ -212,6 +212,29 @@ def test_relevance_scores_are_in_range_and_agree_across_metrics(
     assert kept and all(score >= 0.3 for _, score in kept)
 
 
+class _Scaled(DeterministicFakeEmbedding):
+    """Embeddings four times unit length."""
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return (4 * np.asarray(super().embed_documents(texts))).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return (4 * np.asarray(super().embed_query(text))).tolist()
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_relevance_of_embeddings_that_are_not_unit_length_is_warned_about(
+    metric: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    vectorstore = CachedVectorStore.from_texts(TEXTS, _Scaled(size=16), metric=metric)
+    with caplog.at_level("WARNING", logger="cachedvec.vectorstore"):
+        for _ in range(2):
+            pairs = vectorstore.similarity_search_with_relevance_scores(TEXTS[0], k=4)
+    assert all(0.0 <= score <= 1.0 for _, score in pairs)
+    warned = [r.getMessage() for r in caplog.records if "unit-length" in r.getMessage()]
+    assert len(warned) == 1 and metric in warned[0]
+
+
 def test_batch_search_by_vectors(store: CachedVectorStore, fake: FakeEmbeddings) -> None:
     queries = fake.embed_array(["cat on a mat", "bread", "orbit"])
     batch = store.similarity_search_by_vectors(queries, k=2)
