@@ -268,7 +268,8 @@ def _stream_from_cache(
                 block_size=block_size,
                 nprobe=nprobe,
             ) as builder,
-            open_store(store_url) as store,
+            # Only read from: a mistyped URL must not become a new, empty cache.
+            open_store(store_url, create=False) as store,
         ):
             factor = _rerank_for(rerank, factory, builder.scores_exactly)
             reader = _CacheReader(store, manifest.dim)

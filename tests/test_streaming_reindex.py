@@ -13,7 +13,7 @@ import cachedvec
 from cachedvec import reindexing
 from cachedvec.cli import main
 from cachedvec.codec import VectorCodec
-from cachedvec.errors import ConfigError, MissingVectorsError, VectorIndexError
+from cachedvec.errors import ConfigError, MissingVectorsError, StoreError, VectorIndexError
 from cachedvec.index import VectorIndex
 from cachedvec.reindexing import ivf_pq_factory, large_index_factory
 from cachedvec.stores import open_store
@@ -172,6 +172,16 @@ def test_missing_vectors_stop_the_rebuild_with_their_count(
         assert info.value.missing == 3
     assert (folder / "manifest.json").read_bytes() == manifest
     assert not list(folder.glob("lists-*")) and not list(folder.glob(".build-*"))
+
+
+def test_a_mistyped_store_is_an_error_not_a_new_cache(cached_index: dict, tmp_path: Path) -> None:
+    folder = Path(cached_index["index"])
+    manifest = (folder / "manifest.json").read_bytes()
+    typo = tmp_path / "cahce.db"
+    with pytest.raises(StoreError, match="cahce.db"):
+        cachedvec.reindex(folder, store=f"sqlite:///{typo}", factory="IVF16,Flat")
+    assert not typo.exists()
+    assert (folder / "manifest.json").read_bytes() == manifest
 
 
 def test_bad_streaming_options_are_refused(cached_index: dict) -> None:
