@@ -36,8 +36,8 @@ median latency; the list API against the array path plus ``ndarray.tolist()``.
 Every figure is the best of ``--repeat`` runs (the machine is shared and noisy;
 warm passes run twice per run) with the garbage collector paused inside timed
 regions, as ``timeit`` does.
-The script prints Markdown tables, ratios, and one PASS/FAIL line per target of
-issue 2. It needs the ``langchain-classic`` and ``langchain-community`` extras.
+The script prints Markdown tables, ratios, and one PASS/FAIL line per cache
+target. It needs the ``langchain-classic`` and ``langchain-community`` extras.
 """
 
 from __future__ import annotations

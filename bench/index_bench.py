@@ -27,7 +27,7 @@ and load time; bytes on disk; deleting 1,000 ids. Every timing is the best of
 the contenders take turns in runs of 20 queries (the machine is shared and
 noisy, so a burst of load hits them alike). Ratios are "how many times better cachedvec is":
 above 1 means faster (or smaller). The script prints a Markdown table and one
-PASS/FAIL line per target of issue 3. It needs the ``langchain`` extra.
+PASS/FAIL line per index target. It needs the ``langchain`` extra.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ingestion and re-indexing benchmark (issue 4's targets), in one run.
+"""Ingestion and re-indexing benchmark: incremental ingest and reindex targets, in one run.
 
     .venv/bin/python bench/ingest_bench.py            # 5,000 chunks, real model
     .venv/bin/python bench/ingest_bench.py --chunks 500 --vectors 20000   # quick look

@@ -1,4 +1,4 @@
-"""Scale benchmark (issue 7): streaming IVF-PQ rebuilds from a large cache, Ray ingestion.
+"""Scale benchmark: streaming IVF-PQ rebuilds from a large cache, Ray ingestion.
 
 Run from the repository root::
 
@@ -27,7 +27,7 @@ entry, each in a fresh child process that reports:
 
 A last rebuild (``--compare``, default ``ivf_pq_factory(n, 384)``:
 ``IVF{sqrt n},PQ192np``, half the size) is built in memory for comparison:
-the IVF-PQ index issue 7 names. Its rebuild gets ``reindex``'s default
+the IVF-PQ index the scale target names. Its rebuild gets ``reindex``'s default
 re-rank factor for PQ (``DEFAULT_PQ_RERANK``), so its row measures recall
 and queries/s with exact re-ranking from the SQLite cache (the index opened
 with the store, as ``cachedvec query`` does), judged against the 0.90
@@ -47,7 +47,7 @@ yours): once by the single-process path, once by ``--engine ray`` with
 ``--workers`` actors on a local Ray. Prints vectors computed per second for
 both (Ray with and without cluster start-up) and their ratio.
 
-Prints Markdown tables and one PASS/FAIL line per target of issue 7.
+Prints Markdown tables and one PASS/FAIL line per scale target.
 """
 
 from __future__ import annotations

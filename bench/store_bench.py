@@ -38,7 +38,7 @@ processes against 1 (how parallel the machine is right now), and cachedvec's
 4 processes each writing to a database of its own (the same work with
 nothing shared on the server: the most a shared table could scale to here).
 
-Prints Markdown tables and one PASS/FAIL line per target of issue 5.
+Prints Markdown tables and one PASS/FAIL line per shared-store target.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Quick start: embed the bundled corpus twice through a SQLite cache.
 
 The first pass runs the bundled all-MiniLM-L6-v2 model on every chunk; the
-second finds every vector in the cache and never loads the model.
+second finds every vector in the cache and makes no model call (a fresh
+process would not even load the model).
 
     python examples/quickstart.py [--store sqlite:///.cachedvec/quickstart.db] [--corpus DIR]
 """
