@@ -67,6 +67,8 @@ class _Lookup:
     def __init__(self, texts: Sequence[str], encoder: KeyEncoder) -> None:
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not a single string")
+        if not isinstance(texts, Sequence):
+            texts = list(texts)  # a generator, as LangChain's cache also takes
         self.texts = texts
         # dict.fromkeys keeps first-seen order and runs at C speed.
         self.unique = list(dict.fromkeys(texts)) if texts else []

@@ -385,3 +385,11 @@ def test_a_setting_the_fingerprint_cannot_see_into_is_warned_about(
         CachedEmbeddings(OpaqueWrapper(Opaque()))
     warnings = [r.getMessage() for r in caplog.records if "cannot tell" in r.getMessage()]
     assert len(warnings) == 1 and "'model' setting" in warnings[0] and "namespace=" in warnings[0]
+
+
+def test_texts_may_come_from_a_generator() -> None:
+    emb = CachedEmbeddings(FakeEmbeddings(8))
+    vectors = emb.embed_documents(t for t in TEXTS[:3])
+    assert vectors == emb.embed_documents(TEXTS[:3])
+    with pytest.raises(TypeError, match="single string"):
+        emb.embed_documents("one text")  # type: ignore[arg-type]

@@ -472,6 +472,7 @@ def test_bad_input_raises_clear_errors_and_changes_nothing() -> None:
         (ConfigError, lambda: index.search(data[0], True)),
         (ConfigError, lambda: index.search(data[:2], 3)),
         (ConfigError, lambda: index.mmr_search(data[0], 3, lambda_mult=2)),
+        (ConfigError, lambda: index.mmr_search(data[0], 3, lambda_mult="0.5")),
         (ConfigError, lambda: index.add(np.full((1, DIM), np.nan), ["a"])),
         (ConfigError, lambda: index.search(np.full(DIM, np.inf), 3)),
         (ConfigError, lambda: index.add(random_vectors(2), ["only one"])),

@@ -27,6 +27,7 @@ one (a bare :meth:`VectorIndex.load`) searches without re-ranking.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
@@ -766,8 +767,12 @@ def check_mmr_options(
     """Validate an MMR search's options; ``(candidates to fetch, compiled filter)``."""
     _check_k(k)
     fetch_k = max(_check_k(fetch_k, "fetch_k"), k)
-    if not 0.0 <= lambda_mult <= 1.0:
-        raise ConfigError(f"lambda_mult must be between 0 and 1, got {lambda_mult!r}")
+    if (
+        not isinstance(lambda_mult, numbers.Real)
+        or isinstance(lambda_mult, bool)
+        or not 0.0 <= lambda_mult <= 1.0
+    ):
+        raise ConfigError(f"lambda_mult must be a number from 0 to 1, got {lambda_mult!r}")
     return fetch_k, compile_filter(filter)
 
 
