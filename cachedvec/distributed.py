@@ -1,7 +1,7 @@
 """Distributed ingestion on Ray Data, with one cache shared by every worker.
 
 The embedding step runs where our users already run it: ``map_batches``
-with a class-based callable on an actor pool (``concurrency=N``). Each actor
+with a class-based callable on a fixed pool of N actors. Each actor
 holds one :class:`CachedEmbeddings` bound to the same store URL, normally
 PostgreSQL, so every worker checks the shared cache first and only missing
 vectors are computed anywhere in the cluster. The index is built afterwards
@@ -299,7 +299,8 @@ def embed_dataset(
             },
             batch_size=batch_size * 4,
             batch_format="numpy",
-            concurrency=workers,
+            # Ray 2.51 deprecates concurrency= for this (older Rays take it too).
+            compute=_ray().data.ActorPoolStrategy(size=workers),
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             max_restarts=retries,

@@ -770,7 +770,7 @@ def check_mmr_options(
     if (
         not isinstance(lambda_mult, numbers.Real)
         or isinstance(lambda_mult, bool)
-        or not 0.0 <= lambda_mult <= 1.0
+        or not 0.0 <= float(lambda_mult) <= 1.0
     ):
         raise ConfigError(f"lambda_mult must be a number from 0 to 1, got {lambda_mult!r}")
     return fetch_k, compile_filter(filter)
