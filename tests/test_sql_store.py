@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -494,3 +494,206 @@ def test_a_sqlite_writer_waits_for_another_and_gives_up_clearly(tmp_path: Path) 
         assert patient.mget(["k"]) == [b"v"]
     released.join()
     blocker.close()
+
+
+# --- reviewer's defects: pool recovery, transient failures, lifetimes -----
+
+
+def _terminate_other_backends(server: PostgresServer) -> None:
+    """What a server restart does to every client connection."""
+    with psycopg.connect(server.dsn("cachedvec"), autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = 'cachedvec' AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.mark.postgres
+def test_postgres_pool_is_renewed_when_every_connection_dropped(
+    postgres_server: PostgresServer, postgres_store_url: str
+) -> None:
+    import threading
+
+    with SQLStore(postgres_store_url, pool_size=5) as store:
+        store.mset([("k", b"v")])
+        barrier = threading.Barrier(5)
+
+        def reader() -> None:  # five threads at once: five pooled connections
+            barrier.wait()
+            for _ in range(50):
+                store.mget(["k"])
+
+        threads = [threading.Thread(target=reader) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _terminate_other_backends(postgres_server)
+        for _ in range(3):
+            assert store.mget(["k"]) == [b"v"]
+            assert list(store.yield_keys()) == ["k"] and len(store) == 1
+
+        async def async_calls() -> None:
+            await asyncio.gather(*[store.amget(["k"]) for _ in range(5)])
+            _terminate_other_backends(postgres_server)
+            for _ in range(6):
+                assert await store.amget(["k"]) == [b"v"]
+
+        asyncio.run(async_calls())
+
+
+@pytest.mark.postgres
+def test_postgres_call_with_the_database_gone_is_one_clear_store_error(
+    fresh_postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    migrate.upgrade(fresh_postgres_url)
+    with SQLStore(fresh_postgres_url) as store:
+        store.mset([("k", b"v")])
+        postgres_server.drop_database(fresh_postgres_url.rsplit("/", 1)[1])
+        with pytest.raises(StoreError, match="does not exist") as info:
+            store.mget(["k"])
+        assert postgres_server.password not in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_a_busy_moment_skips_one_read_time_update_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/busy.db"
+    with SQLStore(url, busy_timeout=0.1) as store:
+        store.mset([("a", b"1"), ("b", b"2")])
+        age_entries(store, 10 * 86_400)
+        blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process writing meanwhile
+        assert store.mget(["a"]) == [b"1"]  # its read time cannot be recorded now
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert store.mget(["b"]) == [b"2"]
+        assert times(store, "b")[1] >= int(time.time()) - 5, "later reads are still recorded"
+
+
+@pytest.mark.postgres
+def test_a_read_only_postgres_session_stops_recording_reads(postgres_store_url: str) -> None:
+    with SQLStore(postgres_store_url) as writer:
+        writer.mset([("k", b"v")])
+        age_entries(writer, 10 * 86_400)
+    read_only = postgres_store_url + "?options=-c%20default_transaction_read_only%3Don"
+    with SQLStore(read_only) as store:
+        assert store.mget(["k"]) == [b"v"] and store.mget(["k"]) == [b"v"]
+        assert store._touch_enabled is False
+
+
+def test_an_identical_rewrite_counts_as_a_use(store: SQLStore) -> None:
+    store.mset([("k", b"v")])
+    age_entries(store, 5 * 86_400)
+    written, _ = times(store, "k")
+    store.mset([("k", b"v")])
+    assert times(store, "k")[0] == written, "the value is as old as it was"
+    assert times(store, "k")[1] >= int(time.time()) - 5
+    assert store.prune(86_400) == 0 and store.mget(["k"]) == [b"v"]
+    age_entries(store, 3_600)  # recorded an hour ago: the rewrite changes nothing
+    before = times(store, "k")
+    asyncio.run(store.amset([("k", b"v")]))
+    assert times(store, "k") == before
+
+
+def test_someone_elses_sqlite_file_is_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    content = path.read_bytes()
+    for create in (True, False):
+        with pytest.raises(SchemaError):
+            SQLStore(f"sqlite:///{path}", create=create)
+    assert path.read_bytes() == content
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    migrate.upgrade(f"sqlite:///{path}")
+    SQLStore(f"sqlite:///{path}").close()  # once migrated, it is ours: WAL
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_dns_failure_gets_the_unreachable_host_hint() -> None:
+    from cachedvec.stores.sql import describe_connection_error
+
+    error = psycopg.OperationalError(
+        'connection failed: failed to resolve host "db.invalid": [Errno -2] Name not known'
+    )
+    message = describe_connection_error("postgresql://u:pw@db.invalid/x", error)
+    assert "check that the server is running and the host and port are right" in message
+    assert "pw" not in message
+
+
+# --- fork: a child never closes the parent's connections -------------------
+
+
+def _in_child(work: Callable[[], object]) -> int:
+    """Run ``work`` in a forked child; its exit status (0: no exception)."""
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            work()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.postgres
+def test_a_forked_child_closing_the_store_leaves_the_parents_connections(
+    postgres_store_url: str,
+) -> None:
+    with SQLStore(postgres_store_url, pool_size=1) as store:
+        store.mset([("k", b"v")])
+        assert list(store.yield_keys()) == ["k"]  # a connection in the pool
+        assert _in_child(store.close) == 0
+        for _ in range(2):
+            assert list(store.yield_keys()) == ["k"] and store.mget(["k"]) == [b"v"]
+
+
+@pytest.mark.postgres
+def test_a_forked_child_using_async_leaves_the_parents_connections(
+    postgres_store_url: str,
+) -> None:
+    with SQLStore(postgres_store_url) as store:
+        store.mset([("k", b"v")])
+
+        async def three_reads() -> list[list[bytes | None]]:  # three pooled connections
+            return await asyncio.gather(*[store.amget(["k"]) for _ in range(3)])
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(three_reads())
+            assert _in_child(lambda: asyncio.run(store.amget(["k"]))) == 0
+            for _ in range(3):
+                assert loop.run_until_complete(store.amget(["k"])) == [b"v"]
+        finally:
+            loop.close()
+
+
+# --- keys PostgreSQL cannot hold --------------------------------------------
+
+
+def test_a_nul_key_is_simply_absent(store: SQLStore) -> None:
+    store.mset([("k", b"v")])
+    assert store.mget(["a\x00b", "k"]) == [None, b"v"]
+    store.mdelete(["a\x00b"])
+    assert asyncio.run(store.amget(["k", "a\x00b"])) == [b"v", None]
+    asyncio.run(store.amdelete(["a\x00b", "k"]))
+    assert store.mget(["k"]) == [None]
+
+
+@pytest.mark.postgres
+def test_a_key_over_postgres_index_limit_is_an_invalid_key(postgres_store_url: str) -> None:
+    import os
+
+    long_key = os.urandom(5_000).hex()
+    with SQLStore(postgres_store_url) as store:
+        for write in (
+            lambda: store.mset([("ok", b"v"), (long_key, b"v")]),
+            lambda: asyncio.run(store.amset([(long_key, b"v")])),
+        ):
+            with pytest.raises(InvalidKeyError, match="too long for PostgreSQL's index"):
+                write()
+        assert store.mget([long_key, "ok"]) == [None, None]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from cachedvec.errors import (
     StoreError,
 )
 from cachedvec.stores import redact_url
-from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.base import OTHER_KEYS, CachedVecStore
 from tests.conftest import PERSISTENT_KINDS, STORE_KINDS
 from tests.conftest import store_url as make_local_url
 
@@ -251,3 +253,94 @@ class TestLangChainSync(_Backends, BaseStoreSyncTests[bytes]):
 
 class TestLangChainAsync(_Backends, BaseStoreAsyncTests[bytes]):
     pass
+
+
+# --- lifetimes and ages, the same on every store -----------------------------
+
+
+@pytest.mark.parametrize("age", [float("nan"), -1, -0.5])
+def test_a_negative_or_nan_prune_age_is_a_config_error(
+    any_store: CachedVecStore, age: float
+) -> None:
+    any_store.mset([("k", b"v")])
+    with pytest.raises(ConfigError, match="older_than"):
+        any_store.prune(age)
+    assert any_store.mget(["k"]) == [b"v"]
+
+
+@pytest.mark.parametrize("age", [float("inf"), 1e20, pytest.param(10**400, id="10**400")])
+def test_a_huge_prune_age_finds_nothing_that_old(any_store: CachedVecStore, age: float) -> None:
+    any_store.mset([("k", b"v")])
+    assert any_store.prune(age) == 0 and any_store.prune(age, dry_run=True) == 0
+    assert any_store.mget(["k"]) == [b"v"]
+
+
+def test_a_nul_in_a_key_reads_as_missing_everywhere(any_store: CachedVecStore) -> None:
+    any_store.mset([("k", b"v")])
+    assert any_store.mget(["a\x00b", "k"]) == [None, b"v"]
+    any_store.mdelete(["a\x00b"])
+    assert any_store.mget(["k"]) == [b"v"]
+
+
+def test_file_store_statistics_do_not_count_as_reads(tmp_path: Path) -> None:
+    with open_store(f"file://{tmp_path}/fs") as store:
+        store.mset([("k", b"value")])
+        path = store._path("k")  # type: ignore[attr-defined]
+        then = time.time() - 10 * 86_400
+        os.utime(path, (then, then))
+        assert store.namespace_stats()[OTHER_KEYS].bytes == 5
+        assert store.entry_times(["k"])[0][1] == pytest.approx(then)
+        assert store.prune(86_400) == 1
+
+
+def _backdate_diskcache(store: CachedVecStore, days: float) -> None:
+    then = time.time() - days * 86_400
+    store.cache._sql("UPDATE Cache SET store_time = ?, access_time = ?", (then, then))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("policy", ["least-recently-stored", "least-frequently-used", "none"])
+def test_diskcache_records_reads_for_prune(tmp_path: Path, policy: str) -> None:
+    with open_store(f"diskcache://{tmp_path}/dc?eviction_policy={policy}") as store:
+        store.mset([("read", b"v"), ("unread", b"v")])
+        _backdate_diskcache(store, 10)
+        assert store.namespace_stats()[OTHER_KEYS].entries == 2  # looking is no use
+        assert store.mget(["read"]) == [b"v"]
+        assert store.prune(86_400) == 1
+        assert list(store.yield_keys()) == ["read"]
+
+
+def test_diskcache_warm_reads_do_not_write(tmp_path: Path) -> None:
+    with open_store(f"diskcache://{tmp_path}/dc") as store:
+        store.mset([("k", b"v")])
+        before = store.entry_times(["k"])
+        blocker = sqlite3.connect(tmp_path / "dc" / "cache.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # a writer holds the lock: reads must not need it
+        try:
+            assert store.mget(["k", "missing"]) == [b"v", None]
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+        assert store.entry_times(["k"]) == before
+
+
+def test_diskcache_lru_and_lfu_bookkeeping_still_happens(tmp_path: Path) -> None:
+    with open_store(f"diskcache://{tmp_path}/lru?eviction_policy=least-recently-used") as lru:
+        lru.mset([("k", b"v")])
+        _, read_before = lru.entry_times(["k"])[0]
+        time.sleep(0.01)
+        lru.mget(["k"])
+        assert lru.entry_times(["k"])[0][1] > read_before, "LRU orders by every read"
+    with open_store(f"diskcache://{tmp_path}/lfu?eviction_policy=least-frequently-used") as lfu:
+        lfu.mset([("k", b"v")])
+        lfu.mget(["k"])
+        lfu.mget(["k", "missing"])
+        count = lfu.cache._sql("SELECT access_count FROM Cache").fetchone()[0]  # type: ignore[attr-defined]
+        assert count == 2, "one count per read"
+
+
+def test_diskcache_refuses_a_value_larger_than_the_cache(tmp_path: Path) -> None:
+    with open_store(f"diskcache://{tmp_path}/dc?size_limit=1MiB") as store:
+        with pytest.raises(StoreError, match="more than the whole cache") as info:
+            store.mset([("small", b"v"), ("big", bytes(3 * 2**20))])
+        assert "size_limit=1,048,576" in str(info.value)
+        assert store.mget(["small", "big"]) == [None, None]

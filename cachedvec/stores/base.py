@@ -40,6 +40,21 @@ def namespace_of(key: str) -> str:
     return key.rstrip(_HEX) if key.startswith("cv1:") else OTHER_KEYS
 
 
+def prune_cutoff(older_than: float) -> float | None:
+    """The Unix time before which an entry is older than ``older_than`` seconds.
+
+    ``None`` when no entry can be that old (an age reaching back before 1970,
+    or infinite): prune has nothing to do. A negative or NaN age is a
+    :class:`ConfigError`.
+    """
+    if not older_than >= 0:  # also catches NaN, which fails every comparison
+        raise ConfigError(f"older_than must be >= 0 seconds, got {older_than}")
+    now = time.time()
+    if older_than >= now:  # compared before subtracting: a huge int would overflow a float
+        return None
+    return now - older_than
+
+
 class CachedVecStore(ByteStore):
     """Base class of the bundled stores."""
 
@@ -65,19 +80,27 @@ class CachedVecStore(ByteStore):
         keys = list(self.yield_keys())
         for start in range(0, len(keys), 1024):
             part = keys[start : start + 1024]
-            for key, value, (written, read) in zip(
-                part, self.mget(part), self.entry_times(part), strict=True
+            for key, size, (written, read) in zip(
+                part, self._sizes(part), self.entry_times(part), strict=True
             ):
-                if value is None:
+                if size is None:
                     continue  # deleted meanwhile
                 t = totals.setdefault(namespace_of(key), [0, 0, 0.0, 0.0])
                 t[0] += 1
-                t[1] += len(value)
+                t[1] += size
                 t[2], t[3] = max(t[2], written), max(t[3], read)
         return {
             ns: NamespaceStats(int(a), int(b), int(c), int(d))
             for ns, (a, b, c, d) in sorted(totals.items())
         }
+
+    def _sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """Each value's size in bytes (``None``: missing), for :meth:`namespace_stats`.
+
+        Stores that record reads override it: looking at the statistics
+        must not count as using every entry, or ``prune`` would keep them all.
+        """
+        return [None if value is None else len(value) for value in self.mget(keys)]
 
     def prune(
         self,
@@ -93,9 +116,9 @@ class CachedVecStore(ByteStore):
         delete (those an index uses); ``prefix`` limits it to one namespace.
         Returns how many entries were deleted (or would be, with ``dry_run``).
         """
-        if older_than < 0:
-            raise ConfigError(f"older_than must be >= 0 seconds, got {older_than}")
-        cutoff = time.time() - older_than
+        cutoff = prune_cutoff(older_than)
+        if cutoff is None:
+            return 0
         candidates = [k for k in self.yield_keys(prefix=prefix) if not keep or k not in keep]
         doomed = []
         for start in range(0, len(candidates), 1024):

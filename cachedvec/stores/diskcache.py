@@ -7,6 +7,18 @@ or ``500MB`` also work; default 1 GiB, at least 1 MiB), ``eviction_policy``
 whole configuration: diskcache would otherwise keep a size limit from an
 earlier opening of the folder, so an option left out means its default.
 
+Reads are recorded for ``prune`` on every eviction policy, as the SQL store
+records them: a read refreshes an entry's access time only when it is older
+than :data:`TOUCH_INTERVAL`, so a warm cache reads without writing
+(diskcache's own ``get`` records a read time only under
+``least-recently-used``, and then on every read). ``mget`` therefore reads
+diskcache's table itself, one query per 500 keys, and applies the policy's
+own bookkeeping (``least-recently-used``, ``least-frequently-used``) in one
+update per call; diskcache's optional hit/miss statistics are not counted.
+
+A value larger than ``size_limit`` is refused: the cache could never hold it
+together with anything else.
+
 diskcache unpickles any value or key it did not store raw. A cache folder
 can come from anywhere, so :class:`_RawOnlyDisk` refuses every pickled or
 out-of-folder record: such entries read as missing and are recomputed.
@@ -14,7 +26,10 @@ out-of-folder record: such entries read as missing and are recomputed.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +38,8 @@ import diskcache
 
 from cachedvec.errors import InvalidKeyError, InvalidURLError, InvalidValueError, StoreError
 from cachedvec.stores.base import CachedVecStore
+
+log = logging.getLogger(__name__)
 
 EVICTION_POLICIES = (
     "least-recently-stored",
@@ -34,6 +51,14 @@ DEFAULT_SIZE_LIMIT = 2**30
 # Below this a cache holds a few hundred vectors at most, and a limit smaller
 # than one value evicts every write at once: surely a typo for MB or GB.
 MIN_SIZE_LIMIT = 2**20
+#: A read refreshes an entry's access time when it is older than this
+#: (seconds), as in the SQL store's default ``touch_interval``.
+TOUCH_INTERVAL = 86_400
+_CHUNK = 500  # keys per query, under SQLite's historical 999-variable limit
+_SELECT = (
+    "SELECT key, mode, filename, value, access_time FROM Cache WHERE raw = 1 AND key IN ({}) "
+    "AND (expire_time IS NULL OR expire_time > ?)"
+)
 _UNITS = {
     "kb": 10**3,
     "mb": 10**6,
@@ -126,6 +151,7 @@ class DiskCacheStore(CachedVecStore):
                 f"unknown eviction_policy {eviction_policy!r} in {self.url}: "
                 f"use one of {', '.join(EVICTION_POLICIES)}"
             )
+        self._size_limit: int = settings["size_limit"]
         try:
             self.cache = diskcache.Cache(os.fspath(directory), disk=_RawOnlyDisk, **settings)
         except Exception as exc:  # sqlite3/OS errors surface in many shapes here
@@ -143,16 +169,66 @@ class DiskCacheStore(CachedVecStore):
             ) from exc
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        get = self.cache.get
+        found, stale = self._fetch(keys)
+        if found:
+            self._record_reads(found, stale)
+        get = found.get
+        return [get(k) for k in keys]
+
+    def _fetch(self, keys: Sequence[str]) -> tuple[dict[str, bytes], list[str]]:
+        """The stored values of ``keys``, and the keys whose read time is stale.
+
+        What diskcache's ``get`` does for one key, for a whole batch: an
+        expired entry, a value this store refuses or a value file deleted
+        meanwhile read as missing.
+        """
+        now = time.time()
+        recorded_after = now - TOUCH_INTERVAL
+        fetch = self.cache._disk.fetch
+        found: dict[str, bytes] = {}
+        stale: list[str] = []
         with self._valid_keys("read from"):
-            for key in keys:
-                try:
-                    value = get(key, default=None, retry=True)
-                except _Refused:
-                    value = None
-                out.append(value if isinstance(value, bytes) else None)
-        return out
+            for start in range(0, len(keys), _CHUNK):
+                part = keys[start : start + _CHUNK]
+                query = _SELECT.format(",".join("?" * len(part)))
+                for key, mode, filename, value, read_at in self.cache._sql(query, (*part, now)):
+                    try:
+                        data = fetch(mode, filename, value, False)
+                    except (_Refused, OSError):
+                        continue
+                    if isinstance(data, bytes):
+                        found[key] = data
+                        if (read_at or 0) < recorded_after:
+                            stale.append(key)
+        return found, stale
+
+    def _record_reads(self, found: dict[str, bytes], stale: list[str]) -> None:
+        """Refresh the read time of ``stale``; the eviction policy's bookkeeping for ``found``.
+
+        Best effort, as in the SQL store: a read never fails for it.
+        """
+        policy = diskcache.core.EVICTION_POLICY[self.cache.eviction_policy]["get"]
+        updates = [(f"access_time = {time.time()!r}", stale)] if stale else []
+        if policy is not None:  # least-recently-used, least-frequently-used
+            updates.append((policy.format(now=time.time()), list(found)))
+        if not updates:
+            return  # the usual warm read: nothing to write
+        try:
+            with self.cache.transact():
+                for assignment, keys in updates:
+                    for start in range(0, len(keys), _CHUNK):
+                        part = keys[start : start + _CHUNK]
+                        marks = ",".join("?" * len(part))
+                        self.cache._sql(
+                            f"UPDATE Cache SET {assignment} WHERE raw = 1 AND key IN ({marks})",
+                            part,
+                        )
+        except (sqlite3.Error, diskcache.Timeout) as exc:  # busy: the next read tries again
+            log.debug("skipped recording reads in %s: %s", self.url, exc)
+
+    def _sizes(self, keys: Sequence[str]) -> list[int | None]:
+        found, _ = self._fetch(keys)  # without recording a read
+        return [len(found[k]) if k in found else None for k in keys]
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         try:
@@ -163,7 +239,14 @@ class DiskCacheStore(CachedVecStore):
                         raise InvalidValueError(
                             f"diskcache store values must be bytes, got {type(value).__name__}"
                         )
-                    self.cache.set(key, bytes(value), retry=True)
+                    data = bytes(value)
+                    if len(data) > self._size_limit:
+                        raise StoreError(
+                            f"cannot write to {self.url}: the value of key {key!r:.80} is "
+                            f"{len(data):,} bytes, more than the whole cache (size_limit="
+                            f"{self._size_limit:,})"
+                        )
+                    self.cache.set(key, data, retry=True)
         except StoreError:
             raise
         except Exception as exc:

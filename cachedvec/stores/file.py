@@ -162,6 +162,17 @@ class FileStore(CachedVecStore):
                 out.append((0.0, 0.0))
         return out
 
+    def _sizes(self, keys: Sequence[str]) -> list[int | None]:
+        # From the inode: reading the files would refresh their atimes, the
+        # read times prune goes by.
+        out: list[int | None] = []
+        for key in keys:
+            try:
+                out.append(os.stat(self._path(key)).st_size)
+            except OSError:
+                out.append(None)
+        return out
+
     def _files(self) -> Iterator[os.DirEntry[str]]:
         """Every entry file in the shard folders, skipping anything foreign."""
         for shard in _subdirs(self.root):

@@ -27,9 +27,10 @@ compilation costs more than a cached-vector read itself. Everything else
 
 ``durable=True`` makes every commit wait for the disk on both databases.
 
-Lifetimes: every write stamps ``created_at`` and ``accessed_at``; a read
-refreshes ``accessed_at`` only when it is older than ``touch_interval`` (a
-day), so a warm cache reads without writing. :meth:`SQLStore.prune` deletes
+Lifetimes: a write of a new or changed value stamps ``created_at`` and
+``accessed_at``; a read, or a rewrite of an identical value, refreshes
+``accessed_at`` only when it is older than ``touch_interval`` (a day), so a
+warm cache reads without writing. :meth:`SQLStore.prune` deletes
 entries unread for a given time.
 
 Schema: SQLite files cachedvec creates (or finds empty) are created and
@@ -64,7 +65,7 @@ from cachedvec.errors import (
     StoreError,
 )
 from cachedvec.stores import redact_url
-from cachedvec.stores.base import OTHER_KEYS, CachedVecStore, NamespaceStats
+from cachedvec.stores.base import OTHER_KEYS, CachedVecStore, NamespaceStats, prune_cutoff
 from cachedvec.stores.sql_schema import (
     SCHEMA_REVISION,
     SQLITE_APPLICATION_ID,
@@ -207,6 +208,21 @@ def _enable_wal(cur: sqlite3.Cursor, attempts: int = 100) -> None:
             time.sleep(min(0.005 * (attempt + 1), 0.1))
 
 
+def _may_change_journal_mode(cur: sqlite3.Cursor) -> bool:
+    """Whether a SQLite file is cachedvec's: empty, stamped as ours or migrated.
+
+    The journal mode is stored in the file, so switching someone else's file
+    to WAL would change it for good, even though the store then refuses the
+    file for its missing tables.
+    """
+    if cur.execute("PRAGMA application_id").fetchone()[0] == SQLITE_APPLICATION_ID:
+        return True
+    tables, ours = cur.execute(
+        "SELECT count(*), total(name = ?) FROM sqlite_master", (VERSION_TABLE,)
+    ).fetchone()
+    return tables == 0 or ours > 0
+
+
 def _configure_sqlite_connection(dbapi_conn: sqlite3.Connection, synchronous: str) -> None:
     # Autocommit at the driver level: the store and SQLAlchemy's "begin"
     # hook issue BEGIN themselves (the sqlite3 module's implicit transactions
@@ -217,7 +233,8 @@ def _configure_sqlite_connection(dbapi_conn: sqlite3.Connection, synchronous: st
     try:
         if cur.execute("PRAGMA page_count").fetchone()[0] == 0:
             cur.execute(f"PRAGMA page_size={_SQLITE_PAGE_SIZE}")  # only a new file takes it
-        _enable_wal(cur)
+        if _may_change_journal_mode(cur):
+            _enable_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute(f"PRAGMA mmap_size={_SQLITE_MMAP_SIZE}")
     finally:
@@ -225,6 +242,15 @@ def _configure_sqlite_connection(dbapi_conn: sqlite3.Connection, synchronous: st
 
 
 # ------------------------------------------------------------------ errors
+
+
+# libpq says "could not translate host", psycopg's own DNS lookup "failed to resolve host".
+_UNREACHABLE = (
+    "connection refused",
+    "could not translate host",
+    "failed to resolve host",
+    "timeout",
+)
 
 
 def describe_connection_error(url: str, exc: BaseException) -> str:
@@ -236,7 +262,7 @@ def describe_connection_error(url: str, exc: BaseException) -> str:
         hint = "check the user name and password in the URL"
     elif "does not exist" in low and "database" in low:
         hint = "create the database first (for example: createdb NAME)"
-    elif "connection refused" in low or "could not translate host" in low or "timeout" in low:
+    elif any(sign in low for sign in _UNREACHABLE):
         hint = "check that the server is running and the host and port are right"
     elif "unable to open database file" in low:
         hint = "check that the folder exists and is writable"
@@ -275,6 +301,18 @@ def _after_prefix(prefix: str) -> str | None:
     return None
 
 
+# Errors that say a database will never take our writes: a read-only
+# transaction (standby, default_transaction_read_only) or missing privileges.
+_PG_READ_ONLY_STATES = ("25006", "42501")
+
+
+def _refuses_writes(exc: BaseException | None) -> bool:
+    """Whether a failed write means this database never takes our writes."""
+    if isinstance(exc, sqlite3.Error):
+        return "readonly" in str(exc)  # SQLITE_READONLY: read-only file, folder or mount
+    return getattr(exc, "sqlstate", None) in _PG_READ_ONLY_STATES
+
+
 def _checked_rows(pairs: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
     """The pairs as a dict (the last value of a repeated key wins), validated."""
     rows = dict(pairs)
@@ -290,7 +328,7 @@ def _checked_rows(pairs: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
     return rows
 
 
-def _pg_upserts(rows: dict[str, bytes], now: int) -> list[dict[str, Any]]:
+def _pg_upserts(rows: dict[str, bytes], now: int, cutoff: int) -> list[dict[str, Any]]:
     """The parameters of each ``_PG_UPSERT`` statement that writes ``rows``.
 
     Keys go in sorted order, so concurrent writers lock rows in the same
@@ -302,7 +340,7 @@ def _pg_upserts(rows: dict[str, bytes], now: int) -> list[dict[str, Any]]:
     """
     ordered = sorted(rows)
     return [
-        {"now": now, "keys": chunk, "values": [rows[k] for k in chunk]}
+        {"now": now, "cutoff": cutoff, "keys": chunk, "values": [rows[k] for k in chunk]}
         for chunk in _chunks(ordered, _PG_CHUNK)
     ]
 
@@ -315,11 +353,15 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
 # ------------------------------------------------------------------- store
 
 _SQLITE_SELECT = "SELECT key, value, accessed_at FROM cachedvec_entries WHERE key IN ({})"
+# An identical value counts as a read: it refreshes accessed_at once per
+# touch interval (the last parameter is that cutoff) and keeps created_at.
+# See _PG_UPSERT for why it is not always rewritten.
 _SQLITE_UPSERT = (
-    "INSERT INTO cachedvec_entries (key, value, created_at, accessed_at) VALUES (?, ?, ?, ?) "
+    "INSERT INTO cachedvec_entries AS e (key, value, created_at, accessed_at) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-    "created_at = excluded.created_at, accessed_at = excluded.accessed_at "
-    "WHERE cachedvec_entries.value != excluded.value"
+    "created_at = CASE WHEN e.value = excluded.value THEN e.created_at "
+    "ELSE excluded.created_at END, accessed_at = excluded.accessed_at "
+    "WHERE e.value <> excluded.value OR e.accessed_at < ?"
 )
 _SQLITE_DELETE = "DELETE FROM cachedvec_entries WHERE key IN ({})"
 _SQLITE_TOUCH = "UPDATE cachedvec_entries SET accessed_at = ? WHERE key IN ({}) AND accessed_at < ?"
@@ -327,14 +369,17 @@ _SQLITE_TOUCH = "UPDATE cachedvec_entries SET accessed_at = ? WHERE key IN ({}) 
 # %b: arrays go to the server in binary; psycopg's text format escapes every
 # element with a regex, which costs more than the query.
 _PG_SELECT = "SELECT key, value, accessed_at FROM cachedvec_entries WHERE key = ANY(%b)"
-# Rewriting an identical value is skipped: on PostgreSQL every update leaves
-# a dead row version behind, and concurrent workers often write the same key.
+# Rewriting an identical value counts as a read: it only refreshes a stale
+# accessed_at, like mget (on PostgreSQL every update leaves a dead row version
+# behind, and concurrent workers often write the same key), and keeps
+# created_at, the time the value was written.
 _PG_UPSERT = (
     "INSERT INTO cachedvec_entries AS e (key, value, created_at, accessed_at) "
     "SELECT k, v, %(now)s, %(now)s FROM unnest(%(keys)b::text[], %(values)b::bytea[]) AS u(k, v) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-    "created_at = excluded.created_at, accessed_at = excluded.accessed_at "
-    "WHERE e.value <> excluded.value"
+    "created_at = CASE WHEN e.value = excluded.value THEN e.created_at "
+    "ELSE excluded.created_at END, accessed_at = excluded.accessed_at "
+    "WHERE e.value <> excluded.value OR e.accessed_at < %(cutoff)s"
 )
 _PG_DELETE = "DELETE FROM cachedvec_entries WHERE key = ANY(%b)"
 _PG_TOUCH = "UPDATE cachedvec_entries SET accessed_at = %s WHERE key = ANY(%b) AND accessed_at < %s"
@@ -508,13 +553,16 @@ class SQLStore(CachedVecStore):
         return self._pooled()
 
     def _pooled(self) -> Any:
+        # The pool passes on the driver's own error when it cannot connect.
+        errors: tuple[type[BaseException], ...] = (sa.exc.SQLAlchemyError, *self._driver_errors)
         try:
             return self._engine.raw_connection()
-        except sa.exc.SQLAlchemyError as exc:
+        except errors as exc:
             raise StoreError(describe_connection_error(self._raw_url, exc)) from exc
 
     def _checkin(self, fairy: Any, *, broken: bool = False) -> None:
         if broken:
+            _renew_pool(self._engine.pool, fairy)
             fairy.invalidate()
         if fairy is self._own:
             if broken:
@@ -526,7 +574,10 @@ class SQLStore(CachedVecStore):
 
     def _forget_connections_after_fork(self) -> None:
         # A forked child must not touch its parent's sockets or SQLite
-        # handles: drop them without closing and open its own.
+        # handles: drop them without closing and open its own. The async
+        # engine is dropped, not disposed, for the same reason (psycopg does
+        # not close a connection that another process opened when it is
+        # garbage collected).
         self._engine.dispose(close=False)
         self._own, self._own_lock, self._pid = None, threading.Lock(), os.getpid()
         self._async_engine = None
@@ -535,7 +586,8 @@ class SQLStore(CachedVecStore):
         """Run ``work(driver_connection)`` on a pooled connection.
 
         A PostgreSQL connection that broke (server restart, idle timeout) is
-        dropped from the pool and the work retried once on a fresh one.
+        dropped with every other connection opened before it, and the work
+        retried once on a fresh one.
         """
         for attempt in range(2):
             fairy = self._checkout()
@@ -612,11 +664,40 @@ class SQLStore(CachedVecStore):
                         if accessed_at < cutoff:
                             stale.append(key)
 
-        self._run("read from", read_sqlite if self.dialect == "sqlite" else read_postgres)
+        try:
+            self._run("read from", read_sqlite if self.dialect == "sqlite" else read_postgres)
+        except StoreError:
+            storable = self._storable_keys(keys)
+            if storable is None:
+                raise
+            values = dict(zip(storable, self.mget(storable), strict=True))
+            return [values.get(k) for k in keys]
         if stale and self._touch_enabled:
             self._touch(stale)
         get = found.get
         return [get(k) for k in keys]
+
+    def _storable_keys(self, keys: Sequence[str]) -> list[str] | None:
+        """After a failed PostgreSQL read or delete: the keys without a NUL, if any had one.
+
+        PostgreSQL text cannot hold NUL, so such a key is never stored: as on
+        SQLite, it reads as missing and deleting it does nothing. Looked for
+        only once a call has failed, to keep the scan off the normal path.
+        """
+        if self.dialect != "postgresql" or not any("\x00" in k for k in keys):
+            return None
+        return [k for k in keys if "\x00" not in k]
+
+    def _raise_if_key_too_long(self, exc: StoreError, keys: Collection[str]) -> None:
+        """Turn a PostgreSQL write that failed on the key index size limit into InvalidKeyError."""
+        cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) == "54000" and "index row" in str(cause):
+            longest = max(keys, key=len)
+            raise InvalidKeyError(
+                f"cannot write to store {self.url}: key {longest!r:.80} is "
+                f"{len(longest.encode())} bytes, too long for PostgreSQL's index "
+                "(about 2,700 bytes at most)"
+            ) from cause
 
     def _touch(self, keys: list[str]) -> None:
         """Record that ``keys`` were read; best effort, a read never fails for it."""
@@ -639,20 +720,30 @@ class SQLStore(CachedVecStore):
 
                 self._run("update read times in", touch_postgres)
         except StoreError as exc:
+            self._touch_failed(exc)
+
+    def _touch_failed(self, exc: StoreError) -> None:
+        """Skip one failed read-time update; stop trying only if it can never work."""
+        if _refuses_writes(exc.__cause__):
             # A read-only file or a user without UPDATE rights: keep reading.
             log.warning("not recording read times in %s: %s", self.url, exc)
             self._touch_enabled = False
+        else:
+            # Busy, a lock timeout, a dropped connection: the next read of
+            # these keys tries again, so prune still sees them as used.
+            log.debug("skipped recording read times in %s: %s", self.url, exc)
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         rows = _checked_rows(key_value_pairs)
         if not rows:
             return
         now = int(time.time())
+        cutoff = now - self._touch_interval
         if self.dialect == "sqlite":
-            params = [(k, v, now, now) for k, v in rows.items()]
+            params = [(k, v, now, now, cutoff) for k, v in rows.items()]
             self._sqlite_write(lambda db: db.executemany(_SQLITE_UPSERT, params))
             return
-        statements = _pg_upserts(rows, now)
+        statements = _pg_upserts(rows, now, cutoff)
 
         def write_postgres(pg: Any) -> None:
             atomic = pg.transaction() if len(statements) > 1 else contextlib.nullcontext()
@@ -660,7 +751,11 @@ class SQLStore(CachedVecStore):
                 for params in statements:
                     cur.execute(_PG_UPSERT, params)
 
-        self._run("write to", write_postgres)
+        try:
+            self._run("write to", write_postgres)
+        except StoreError as exc:
+            self._raise_if_key_too_long(exc, rows)
+            raise
 
     def mdelete(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -680,7 +775,13 @@ class SQLStore(CachedVecStore):
                 for chunk in _chunks(unique, _PG_CHUNK):
                     cur.execute(_PG_DELETE, (chunk,))
 
-        self._run("delete from", delete_postgres)
+        try:
+            self._run("delete from", delete_postgres)
+        except StoreError:
+            storable = self._storable_keys(unique)
+            if storable is None:
+                raise
+            self.mdelete(storable)
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         """Every key (with ``prefix``, if given) in key order.
@@ -703,13 +804,22 @@ class SQLStore(CachedVecStore):
             page = query.where(key > keys[-1])
 
     def _query(self, action: str, statement: sa.Executable) -> list[tuple[Any, ...]]:
-        """Run one statement through SQLAlchemy (autocommit); its rows, if any."""
-        try:
-            with self._engine.connect() as conn:
-                result = conn.execute(statement)
-                return [tuple(row) for row in result] if result.returns_rows else []
-        except sa.exc.SQLAlchemyError as exc:
-            raise self._store_error(action, exc) from exc
+        """Run one statement through SQLAlchemy (autocommit); its rows, if any.
+
+        On a broken connection SQLAlchemy renews the whole pool itself (as
+        :func:`_renew_pool` does) and says so: the statement is retried once.
+        """
+        for attempt in range(2):
+            try:
+                with self._engine.connect() as conn:
+                    result = conn.execute(statement)
+                    return [tuple(row) for row in result] if result.returns_rows else []
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated or attempt:
+                    raise self._store_error(action, exc) from exc
+            except sa.exc.SQLAlchemyError as exc:
+                raise self._store_error(action, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def __len__(self) -> int:
         query = sa.select(sa.func.count()).select_from(entries)
@@ -783,9 +893,10 @@ class SQLStore(CachedVecStore):
         older; choose ``older_than`` well above ``touch_interval`` (a day).
         An entry read or rewritten while pruning runs is kept.
         """
-        if older_than < 0:
-            raise ConfigError(f"older_than must be >= 0 seconds, got {older_than}")
-        cutoff = math.ceil(time.time() - older_than)
+        oldest = prune_cutoff(older_than)
+        if oldest is None:
+            return 0
+        cutoff = math.ceil(oldest)
         key, accessed_at = entries.c.key, entries.c.accessed_at
         base = sa.select(key).where(accessed_at < cutoff).order_by(key).limit(_PAGE)
         if prefix:
@@ -821,6 +932,8 @@ class SQLStore(CachedVecStore):
         """
         import asyncio
 
+        if self._pid != os.getpid():
+            self._forget_connections_after_fork()  # never dispose the parent's engine
         loop = asyncio.get_running_loop()
         if self._async_engine is None or self._async_loop is not loop:
             _require("greenlet", self._raw_url)  # SQLAlchemy's asyncio layer runs on it
@@ -853,6 +966,7 @@ class SQLStore(CachedVecStore):
             except self._driver_errors as exc:
                 broken = fairy.driver_connection.broken
                 if broken:
+                    _renew_pool(engine.sync_engine.pool, fairy)
                     await conn.invalidate()
                 if not broken or attempt:
                     raise self._store_error(action, exc) from exc
@@ -878,7 +992,14 @@ class SQLStore(CachedVecStore):
                         if accessed_at < cutoff:
                             stale.append(key)
 
-        await self._arun("read from", read)
+        try:
+            await self._arun("read from", read)
+        except StoreError:
+            storable = self._storable_keys(keys)
+            if storable is None:
+                raise
+            values = dict(zip(storable, await self.amget(storable), strict=True))
+            return [values.get(k) for k in keys]
         if stale and self._touch_enabled:
             await self._atouch(stale)
         get = found.get
@@ -894,8 +1015,7 @@ class SQLStore(CachedVecStore):
         try:
             await self._arun("update read times in", touch)
         except StoreError as exc:
-            log.warning("not recording read times in %s: %s", self.url, exc)
-            self._touch_enabled = False
+            self._touch_failed(exc)
 
     async def amset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         if self.dialect == "sqlite":
@@ -903,7 +1023,8 @@ class SQLStore(CachedVecStore):
         rows = _checked_rows(key_value_pairs)
         if not rows:
             return None
-        statements = _pg_upserts(rows, int(time.time()))
+        now = int(time.time())
+        statements = _pg_upserts(rows, now, now - self._touch_interval)
 
         async def write(pg: Any) -> None:
             atomic = pg.transaction() if len(statements) > 1 else contextlib.nullcontext()
@@ -911,7 +1032,11 @@ class SQLStore(CachedVecStore):
                 for params in statements:
                     await cur.execute(_PG_UPSERT, params)
 
-        await self._arun("write to", write)
+        try:
+            await self._arun("write to", write)
+        except StoreError as exc:
+            self._raise_if_key_too_long(exc, rows)
+            raise
         return None
 
     async def amdelete(self, keys: Sequence[str]) -> None:
@@ -926,7 +1051,13 @@ class SQLStore(CachedVecStore):
                 for chunk in _chunks(unique, _PG_CHUNK):
                     await cur.execute(_PG_DELETE, (chunk,))
 
-        await self._arun("delete from", delete)
+        try:
+            await self._arun("delete from", delete)
+        except StoreError:
+            storable = self._storable_keys(unique)
+            if storable is None:
+                raise
+            await self.amdelete(storable)
         return None
 
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
@@ -960,13 +1091,27 @@ class SQLStore(CachedVecStore):
     # ------------------------------------------------------------- closing
 
     def close(self) -> None:
-        if self._own is not None and self._pid == os.getpid():
+        if self._pid != os.getpid():
+            self._forget_connections_after_fork()
+        if self._own is not None:
             self._own.close()
             self._own = None
         self._engine.dispose()
         if self._async_engine is not None:
             _dispose_async_engine(self._async_engine)
             self._async_engine = None
+
+
+def _renew_pool(pool: sa.pool.Pool, broken: Any) -> None:
+    """Have the pool replace every connection opened before ``broken`` broke.
+
+    A connection breaks when the server restarts or drops its clients, which
+    kills all the others opened before it too: replaced at their next
+    checkout, they do not each fail a call first. A connection opened after
+    the last renewal leaves the others alone. This is what SQLAlchemy does on
+    a disconnect in its own statements; it has no public API for it.
+    """
+    pool._invalidate(broken, _checkin=False)
 
 
 def _dispose_async_engine(engine: Any) -> None:
