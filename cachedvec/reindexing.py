@@ -42,7 +42,7 @@ from cachedvec.index.builder import (
     open_docstore,
     save_rebuilt,
 )
-from cachedvec.index.rerank import CacheReader, check_rerank
+from cachedvec.index.rerank import CacheReader, check_rerank, needless_rerank
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
@@ -142,10 +142,7 @@ def _rerank_for(rerank: int | bool | None, factory: str, exact: bool) -> int | N
         return None
     factor = check_rerank(rerank)
     if exact:
-        raise ConfigError(
-            f"rerank applies to compressed indexes (PQ, SQ...), not {factory!r}, which "
-            "already scores exactly; drop the rerank factor (--rerank)"
-        )
+        raise needless_rerank(factory)
     return factor
 
 

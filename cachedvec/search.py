@@ -8,6 +8,7 @@ from typing import Any
 
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.index import Hit, VectorIndex, read_manifest
+from cachedvec.index.rerank import needless_rerank
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, record_run
 from cachedvec.stores import open_store
 
@@ -36,6 +37,8 @@ def query(
         vindex = VectorIndex.load(Path(index), fingerprint=emb.fingerprint, cache=emb.store)
         try:
             if rerank is not None:
+                if vindex.scores_exactly:  # as reindex refuses it
+                    raise needless_rerank(vindex.factory)
                 vindex.rerank = rerank
             vector = emb.embed_query_array(text)
             hits = vindex.search(vector, k, filter=filter)

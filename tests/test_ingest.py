@@ -188,6 +188,16 @@ def test_query_vectors_are_cached(corpus: Path, setup: dict) -> None:
     assert cached and PARAGRAPHS[4] in hits[0].text
 
 
+def test_query_refuses_a_rerank_factor_an_exact_index_cannot_use(corpus: Path, setup: dict) -> None:
+    from cachedvec.search import query
+
+    cachedvec.ingest([corpus], **setup)  # Flat: scores with the exact vectors
+    where = {"index": setup["index"], "store": setup["store"], "model": setup["model"]}
+    with pytest.raises(ConfigError, match="already scores exactly"):
+        query(PARAGRAPHS[4], rerank=4, **where)
+    assert query(PARAGRAPHS[4], k=1, **where)[0]
+
+
 def test_an_index_from_another_model_is_refused(corpus: Path, setup: dict) -> None:
     cachedvec.ingest([corpus], **setup)
     with pytest.raises(IndexMismatchError):

@@ -52,6 +52,17 @@ def check_rerank(value: Any) -> int | None:
     return int(value)
 
 
+def needless_rerank(factory: str) -> ConfigError:
+    """The error for a re-rank factor asked of an index that scores exactly.
+
+    Accepted, it would be saved or reported as a re-ranking no search does.
+    """
+    return ConfigError(
+        f"rerank applies to compressed indexes (PQ, SQ...), not {factory!r}, which "
+        "already scores exactly; drop the rerank factor (--rerank)"
+    )
+
+
 def scores_exactly(index: faiss.Index) -> bool:
     """True when FAISS already scores with the exact float32 vectors (flat storage).
 
