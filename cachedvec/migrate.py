@@ -11,7 +11,11 @@ them through Alembic's Python API, so no ``alembic.ini`` is needed::
 
 Each call runs in one transaction (SQLite and PostgreSQL both roll DDL back),
 and concurrent upgrades of one database wait for each other, so a failure or
-a race never leaves a half-migrated schema. To write a new revision::
+a race never leaves a half-migrated schema. A call first repairs what was
+changed behind cachedvec's back: tables dropped under a recorded revision
+are created again, cachedvec's tables whose revision row is gone are
+stamped, and a same-named table cachedvec did not create is refused by
+name. To write a new revision::
 
     from alembic import command
     command.revision(migrate.alembic_config(), message="add ...")
@@ -19,20 +23,28 @@ a race never leaves a half-migrated schema. To write a new revision::
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
+from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
-from cachedvec.errors import SchemaError, StoreError
+from cachedvec.errors import ConfigError, SchemaError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.stores.sql import describe_connection_error, make_engine
-from cachedvec.stores.sql_schema import SQLITE_APPLICATION_ID, VERSION_TABLE
+from cachedvec.stores.sql_schema import (
+    PG_MIGRATION_LOCK,
+    SQLITE_APPLICATION_ID,
+    VERSION_TABLE,
+    metadata,
+)
 
 __all__ = [
     "alembic_config",
@@ -44,6 +56,8 @@ __all__ = [
     "script_location",
     "upgrade",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def script_location() -> Path:
@@ -73,6 +87,12 @@ def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
+@lru_cache(maxsize=1)
+def _revisions() -> tuple[str, ...]:
+    """Every revision this cachedvec knows, newest first."""
+    return tuple(script.revision for script in _scripts().walk_revisions())
+
+
 def head() -> str:
     """The newest revision this cachedvec knows."""
     revision = _scripts().get_current_head()
@@ -81,11 +101,8 @@ def head() -> str:
 
 
 def is_known_revision(revision: str) -> bool:
-    """Whether ``revision`` is one of this cachedvec's migration scripts."""
-    try:
-        return _scripts().get_revision(revision) is not None
-    except CommandError:
-        return False
+    """Whether ``revision`` is the exact id of one of this cachedvec's migration scripts."""
+    return revision in _revisions()
 
 
 def current(url: str) -> str | None:
@@ -93,8 +110,7 @@ def current(url: str) -> str | None:
     engine = make_engine(url, for_migrations=True)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            return context.get_current_revision()
+            return _recorded_revision(conn)
     except sa.exc.SQLAlchemyError as exc:
         raise StoreError(describe_connection_error(url, exc)) from exc
     finally:
@@ -105,7 +121,8 @@ def upgrade(url: str, revision: str = "head") -> str | None:
     """Upgrade a database to ``revision`` (default: the newest); return where it is now.
 
     A new or empty SQLite file is also marked as created by cachedvec, so
-    later versions of cachedvec upgrade it without being asked.
+    later versions of cachedvec upgrade it without being asked. Tables
+    changed behind cachedvec's back are repaired first (see :func:`_repair`).
     """
     return _run(url, "upgrade", revision)
 
@@ -121,40 +138,119 @@ def move_to(url: str, revision: str) -> str | None:
     ``"base"``, or any revision older than the database's, downgrades (``"base"``
     drops every cachedvec table); anything else upgrades.
     """
-    at = current(url)
-    if revision == "base" or (at is not None and revision != at and _is_older(revision, at)):
-        return downgrade(url, revision)
-    return upgrade(url, revision)
+    return _run(url, None, revision)
 
 
-def _is_older(revision: str, than: str) -> bool:
-    try:
-        return any(r.revision == revision for r in _scripts().iterate_revisions(than, "base"))
-    except CommandError:
-        return False  # not one of ours: upgrade() says so
-
-
-def _run(url: str, direction: str, revision: str) -> str | None:
+def _run(url: str, direction: str | None, revision: str) -> str | None:
+    """Move a database to ``revision``; ``direction`` None: whichever way it lies."""
+    _check_target(revision)
     engine = make_engine(url, for_migrations=True)
     config = alembic_config(url)
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "sqlite":
-                _mark_new_sqlite_file(conn)
+                _mark_new_sqlite_file(conn)  # under BEGIN IMMEDIATE's write lock
+            else:
+                # Taken before the revision is read (migrations/env.py takes it
+                # again), so two processes repairing one database (see _repair)
+                # cannot both stamp it.
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
+                )
             config.attributes["connection"] = conn
+            at = _repair(conn, config, url, _recorded_revision(conn))
+            if direction is None:
+                direction = "downgrade" if _is_older(revision, at) else "upgrade"
             if direction == "upgrade":
                 command.upgrade(config, revision)
             else:
                 command.downgrade(config, revision)
         return current(url)
-    except CommandError as exc:
+    except (CommandError, RevisionError) as exc:
         raise SchemaError(
-            f"cannot {direction} store {redact_url(url)} to {revision!r}: {exc}"
+            f"cannot {direction or 'migrate'} store {redact_url(url)} to {revision!r}: {exc}"
         ) from exc
     except sa.exc.SQLAlchemyError as exc:
         raise StoreError(describe_connection_error(url, exc)) from exc
     finally:
         engine.dispose()
+
+
+def _check_target(revision: str) -> None:
+    if revision not in ("head", "base") and not is_known_revision(revision):
+        raise ConfigError(
+            f"{revision!r} is not a cachedvec schema revision: use head, base or one of "
+            + ", ".join(_revisions())
+        )
+
+
+def _is_older(revision: str, than: str | None) -> bool:
+    if revision == "base":
+        return True
+    if than is None or revision == than:
+        return False
+    return any(r.revision == revision for r in _scripts().iterate_revisions(than, "base"))
+
+
+def _recorded_revision(conn: sa.Connection) -> str | None:
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _repair(conn: sa.Connection, config: Config, url: str, at: str | None) -> str | None:
+    """Make the recorded revision agree with tables changed behind cachedvec's back.
+
+    Refuses a revision this code does not know. The newest revision with
+    tables missing is forgotten, so that the upgrade creates them again;
+    tables without a recorded revision (an interrupted stamp, a deleted row)
+    are stamped if they are exactly cachedvec's newest schema. Returns the
+    revision now recorded.
+    """
+    if at is not None and not is_known_revision(at):
+        raise SchemaError(
+            f"store {redact_url(url)} is at cachedvec schema revision {at!r}, unknown to "
+            f"this cachedvec (which knows up to {head()}): it was made by a newer cachedvec, "
+            "or not by cachedvec; upgrade cachedvec to use or migrate it"
+        )
+    if at not in (None, head()):
+        return at  # which tables an older revision has, only its scripts know
+    inspector = sa.inspect(conn)
+    present = [name for name in metadata.tables if inspector.has_table(name)]
+    if at is not None and len(present) < len(metadata.tables):
+        log.warning(
+            "store %s records cachedvec schema revision %s but its tables are missing: "
+            "starting again from no tables",
+            redact_url(url),
+            at,
+        )
+        command.stamp(config, "base", purge=True)
+        at = None
+    if at is not None or not present:
+        return at
+    if _differs_from_newest_schema(conn):
+        raise SchemaError(
+            f"store {redact_url(url)} has a table {', '.join(present)} that cachedvec did not "
+            f"create (no cachedvec revision recorded, and not cachedvec's schema {head()}): "
+            "rename or drop it, or keep the cache in another database"
+        )
+    log.warning(
+        "store %s has cachedvec's tables but no recorded schema revision: recording %s",
+        redact_url(url),
+        head(),
+    )
+    command.stamp(config, "head")
+    return head()
+
+
+def _differs_from_newest_schema(conn: sa.Connection) -> bool:
+    def ours(name: str | None, type_: str, parent_names: object) -> bool:
+        return type_ != "table" or name in metadata.tables  # not the application's tables
+
+    context = MigrationContext.configure(
+        conn,
+        opts={"version_table": VERSION_TABLE, "compare_type": True, "include_name": ours},
+    )
+    return bool(compare_metadata(context, metadata))
 
 
 def _mark_new_sqlite_file(conn: sa.Connection) -> None:

@@ -14,10 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from cachedvec.stores.sql_schema import VERSION_TABLE, metadata
-
-# Any constant works: it only has to be the same in every cachedvec process.
-_PG_MIGRATION_LOCK = 0x43564543
+from cachedvec.stores.sql_schema import PG_MIGRATION_LOCK, VERSION_TABLE, metadata
 
 config = context.config
 
@@ -50,7 +47,7 @@ def run_online() -> None:
             # Two processes upgrading one database at once run one after the
             # other; the second then finds nothing left to do.
             connection.execute(
-                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK}
             )
         context.run_migrations()
 

@@ -15,6 +15,7 @@ import os
 import pty
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -290,6 +291,7 @@ def test_reindex_rebuilds_from_the_cache_with_zero_model_calls(ws: Workspace) ->
 def test_reindex_computes_missing_vectors_only_when_asked(ws: Workspace) -> None:
     documents = ws.ingest()["documents"]
     empty_cache = f"sqlite:///{ws.root / 'other.db'}"
+    open_store(empty_cache).close()  # a plain reindex refuses a store that does not exist
     line = error_line(
         cli("reindex", "--index", ws.index, "--store", empty_cache, "--factory", "HNSW32")
     )
@@ -541,6 +543,72 @@ def test_migrate_down_to_base_and_back(tmp_path: Path) -> None:
     assert migrate.current(url) is None  # the tables are gone, not just the report
     assert "no cachedvec tables" in cli("migrate", "--store", url, "--revision", "base").stdout
     assert cli_json("migrate", "--store", url)["revision"] == migrate.head()
+
+
+def _sqlite_cache(folder: Path, *statements: str) -> str:
+    """A SQLite cache holding one entry, then changed behind cachedvec's back."""
+    url = f"sqlite:///{folder / 'cache.db'}"
+    with open_store(url) as opened:
+        opened.mset([("k", b"v")])
+    _sqlite_execute(folder / "cache.db", *statements)
+    return url
+
+
+def _sqlite_execute(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("recorded", ["0002", "deadbeef"])
+@pytest.mark.parametrize("target", ["head", "base"])
+def test_migrate_a_cache_at_a_revision_unknown_to_the_code(
+    tmp_path: Path, recorded: str, target: str
+) -> None:
+    update = f"UPDATE cachedvec_alembic_version SET version_num = '{recorded}'"
+    url = _sqlite_cache(tmp_path, update)
+    line = error_line(cli("migrate", "--store", url, "--revision", target))
+    assert f"revision '{recorded}', unknown to this cachedvec" in line
+    assert "upgrade cachedvec" in line
+
+
+@pytest.mark.parametrize("target", ["", "9999", "-1"])
+def test_migrate_an_empty_or_unknown_revision_is_one_line(tmp_path: Path, target: str) -> None:
+    url = _sqlite_cache(tmp_path)
+    line = error_line(cli("migrate", "--store", url, "--revision", target))
+    assert f"'{target}' is not a cachedvec schema revision: use head, base or one of" in line
+
+
+def test_migrate_recreates_a_table_dropped_behind_its_back(tmp_path: Path) -> None:
+    url = _sqlite_cache(tmp_path, "DROP TABLE cachedvec_entries")
+    result = cli("migrate", "--store", url)
+    assert result.exit_code == 0, result.output
+    assert "tables are missing: starting again from no tables" in result.stderr
+    assert result.stdout == f"{url} is at revision {migrate.head()}\n"
+    assert cli_json("stats", "--store", url)["namespaces"] == []
+
+
+def test_migrate_names_a_foreign_table_of_the_same_name(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    _sqlite_execute(tmp_path / "app.db", "CREATE TABLE cachedvec_entries (id INTEGER)")
+    line = error_line(cli("migrate", "--store", url))
+    assert "has a table cachedvec_entries that cachedvec did not create" in line
+
+
+@pytest.mark.parametrize("kind", PERSISTENT_KINDS)
+@pytest.mark.parametrize("age", ["99999999999999999w", "9" * 400 + "s"])
+def test_prune_with_an_age_beyond_any_entry_drops_nothing(
+    kind: str, age: str, make_store_url: Callable[[str], str]
+) -> None:
+    url = make_store_url(kind)
+    with open_store(url) as opened:
+        opened.mset([("k", b"v")])
+    assert cli_json("prune", "--store", url, "--older-than", age)["pruned"] == 0
+    with open_store(url) as opened:
+        assert opened.mget(["k"]) == [b"v"]
 
 
 def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 import multiprocessing
 import shutil
 import sqlite3
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from cachedvec import migrate
-from cachedvec.errors import SchemaError, StoreError
+from cachedvec.errors import ConfigError, SchemaError, StoreError
 from cachedvec.stores.sql import SQLStore, make_engine
 from cachedvec.stores.sql_schema import SCHEMA_REVISION, VERSION_TABLE, metadata
 
@@ -37,6 +39,26 @@ def tables(url: str) -> set[str]:
     engine = make_engine(url)
     try:
         return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def execute(url: str, *statements: str) -> None:
+    """Change a database behind cachedvec's back."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def version_rows(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar_one())
     finally:
         engine.dispose()
 
@@ -91,20 +113,105 @@ def test_drift_check_notices_a_difference(tmp_path: Path) -> None:
 
 def test_a_failed_upgrade_leaves_nothing_behind(empty_db_url: str) -> None:
     """DDL is transactional on both dialects: no version row, no half schema."""
-    engine = make_engine(empty_db_url)
-    with engine.connect() as conn:
-        conn.execute(sa.text("CREATE TABLE cachedvec_entries (mine INTEGER)"))
-        conn.commit()
-    engine.dispose()
+    # An index of that name is no table, so the migration itself runs, after
+    # creating the version table, and fails at CREATE TABLE.
+    execute(
+        empty_db_url,
+        "CREATE TABLE other (x INTEGER)",
+        "CREATE INDEX cachedvec_entries ON other (x)",
+    )
     with pytest.raises(StoreError):
+        migrate.upgrade(empty_db_url)
+    assert tables(empty_db_url) == {"other"}
+    assert migrate.current(empty_db_url) is None
+
+
+@pytest.mark.parametrize("target", ["9999", "", "-1", "heads"])
+@pytest.mark.parametrize("run", [migrate.upgrade, migrate.downgrade, migrate.move_to])
+def test_an_unknown_or_empty_target_revision_is_a_config_error(
+    tmp_path: Path, run: Callable[[str, str], str | None], target: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    with pytest.raises(ConfigError, match=f"'{target}' is not a cachedvec schema revision"):
+        run(url, target)
+    assert not (tmp_path / "x.db").exists(), "refused before touching the database"
+
+
+@pytest.mark.parametrize("recorded", ["0002", "deadbeef"])
+def test_a_database_at_a_revision_unknown_to_the_code_is_refused(
+    empty_db_url: str, recorded: str
+) -> None:
+    migrate.upgrade(empty_db_url)
+    execute(empty_db_url, f"UPDATE {VERSION_TABLE} SET version_num = '{recorded}'")
+    for run in (migrate.upgrade, migrate.downgrade, migrate.move_to):
+        for target in ("head", "base", SCHEMA_REVISION):
+            with pytest.raises(
+                SchemaError, match=f"'{recorded}', unknown to this cachedvec"
+            ) as err:
+                run(empty_db_url, target)
+            assert "by a newer cachedvec, or not by cachedvec" in str(err.value)
+    assert migrate.current(empty_db_url) == recorded
+    assert "cachedvec_entries" in tables(empty_db_url)
+
+
+def test_upgrade_recreates_tables_dropped_behind_its_back(
+    empty_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrate.upgrade(empty_db_url)
+    execute(empty_db_url, "DROP TABLE cachedvec_entries")
+    with caplog.at_level(logging.WARNING, logger="cachedvec"):
+        assert migrate.upgrade(empty_db_url) == SCHEMA_REVISION
+    assert "its tables are missing: starting again from no tables" in caplog.text
+    assert schema_drift(empty_db_url) == [] and version_rows(empty_db_url) == 1
+    with SQLStore(empty_db_url) as store:
+        store.mset([("k", b"v")])
+        assert store.mget(["k"]) == [b"v"]
+
+
+def test_upgrade_stamps_cachedvec_tables_whose_revision_is_missing(
+    empty_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash between creating the tables and stamping them, or a deleted row."""
+    migrate.upgrade(empty_db_url)
+    with SQLStore(empty_db_url) as store:
+        store.mset([("k", b"v")])
+    execute(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
+    assert migrate.current(empty_db_url) is None
+    with caplog.at_level(logging.WARNING, logger="cachedvec"):
+        assert migrate.upgrade(empty_db_url) == SCHEMA_REVISION
+    assert "no recorded schema revision: recording" in caplog.text
+    assert version_rows(empty_db_url) == 1
+    with SQLStore(empty_db_url) as store:
+        assert store.mget(["k"]) == [b"v"], "the cached values survive"
+
+
+def test_a_cachedvec_sqlite_file_without_its_revision_opens_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    with SQLStore(url) as store:
+        store.mset([("k", b"v")])
+    execute(url, f"DELETE FROM {VERSION_TABLE}")
+    with SQLStore(url) as store:  # cachedvec's own file: repaired on opening
+        assert store.mget(["k"]) == [b"v"]
+
+
+def test_a_foreign_table_of_the_same_name_is_named_and_kept(empty_db_url: str) -> None:
+    execute(empty_db_url, "CREATE TABLE cachedvec_entries (id INTEGER)")
+    with pytest.raises(SchemaError, match="table cachedvec_entries that cachedvec did not create"):
         migrate.upgrade(empty_db_url)
     assert tables(empty_db_url) == {"cachedvec_entries"}
     assert migrate.current(empty_db_url) is None
 
 
-def test_unknown_target_revision_is_a_schema_error(tmp_path: Path) -> None:
-    with pytest.raises(SchemaError, match="9999"):
-        migrate.upgrade(f"sqlite:///{tmp_path}/x.db", "9999")
+def _upgrade(url: str) -> str | None:
+    return migrate.upgrade(url)
+
+
+def test_processes_repairing_one_database_at_once_stamp_it_once(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    execute(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert pool.map(_upgrade, [empty_db_url] * 4) == [SCHEMA_REVISION] * 4
+    assert version_rows(empty_db_url) == 1
 
 
 def test_unreachable_database_is_a_store_error(tmp_path: Path) -> None:

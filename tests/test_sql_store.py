@@ -330,10 +330,60 @@ def test_our_own_file_is_upgraded_automatically(tmp_path: Path) -> None:
 def test_a_schema_newer_than_the_code_is_refused(sql_url: str) -> None:
     SQLStore(sql_url).close()
     stamp_revision(sql_url, "9999")
-    with pytest.raises(SchemaError, match="newer than this cachedvec") as info:
+    with pytest.raises(SchemaError, match="'9999', unknown to this cachedvec") as info:
         SQLStore(sql_url)
+    assert "made by a newer cachedvec, or not by cachedvec" in str(info.value)
     assert "upgrade cachedvec" in str(info.value)
     stamp_revision(sql_url, "0001")
+
+
+@pytest.mark.postgres
+def test_a_dropped_table_says_how_to_repair_it(fresh_postgres_url: str) -> None:
+    migrate.upgrade(fresh_postgres_url)
+    drop_entries(fresh_postgres_url)
+    with pytest.raises(
+        SchemaError, match="table cachedvec_entries is missing .run: cachedvec migrate"
+    ):
+        SQLStore(fresh_postgres_url)
+    migrate.upgrade(fresh_postgres_url)
+    with SQLStore(fresh_postgres_url) as store:
+        assert store.mget(["k"]) == [None]
+
+
+def test_a_dropped_table_in_a_cachedvec_sqlite_file_is_recreated(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    SQLStore(url).close()
+    drop_entries(url)
+    with SQLStore(url) as store:
+        store.mset([("k", b"v")])
+        assert store.mget(["k"]) == [b"v"]
+
+
+def test_a_table_dropped_while_open_is_a_schema_error(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    for url in (fresh_postgres_url, f"sqlite:///{tmp_path}/cache.db"):
+        migrate.upgrade(url)
+        with SQLStore(url) as store:
+            store.mset([("k", b"v")])
+            drop_entries(url)
+            with pytest.raises(SchemaError, match="run: cachedvec migrate --store") as info:
+                store.mget(["k"])
+        # A hint with the password hidden would fail if pasted as it is.
+        has_password = url.startswith("postgresql")
+        assert str(info.value).endswith(", with the real password)") == has_password
+
+
+def drop_entries(url: str) -> None:
+    import sqlalchemy as sa
+
+    from cachedvec.stores.sql import make_engine
+
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        conn.execute(sa.text("DROP TABLE cachedvec_entries"))
+        conn.commit()
+    engine.dispose()
 
 
 def stamp_revision(url: str, revision: str) -> None:

@@ -27,18 +27,51 @@ __all__ = ["CachedVecStore", "MemoryStore", "open_store", "redact_url"]
 SCHEMES = ("memory", "file", "sqlite", "postgresql", "diskcache")
 
 
-# user:password@ up to the last "@" of the authority, and password=... in a query.
-_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^/?#]*@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+# password=... in a query (sslpassword=, libpq's key passphrase, too): the
+# value runs to the next "&", as the drivers split it; a "#" is part of it.
+_QUERY_PASSWORD = re.compile(r"[?&](?:ssl)?password=([^&]*)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, for messages and logs.
 
-    A regular expression rather than a URL parser, so that even a URL too
-    broken to parse never leaks its password into an error message.
+    In ``scheme://user:password@host...`` the password is everything from the
+    first ``:`` after ``://`` to the *last* ``@``: SQLAlchemy accepts
+    passwords holding ``/``, ``?`` or ``#``, and one holding an unescaped
+    ``@`` must not show its tail. An ``@`` further on (in a query value) can
+    only hide more than the password, never less. Index arithmetic rather
+    than a URL parser, so that even a URL too broken to parse never leaks
+    its password into an error message.
     """
-    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+    spans = [match.span(1) for match in _QUERY_PASSWORD.finditer(url)]
+    userinfo = _userinfo_password(url)
+    if userinfo is not None:
+        spans.append(userinfo)
+    return _hide(url, spans)
+
+
+def _userinfo_password(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host`` is, if there is one."""
+    scheme_end = url.find("://")
+    start = scheme_end + 3 if scheme_end >= 0 else 0  # no "://": a mangled URL, still hidden
+    if url.startswith("/", start):
+        return None  # a path (sqlite:////abs.db, file:///dir), not user:password@host
+    at = url.rfind("@", start)
+    colon = url.find(":", start, at) if at >= 0 else -1
+    return (colon + 1, at) if colon >= 0 else None
+
+
+def _hide(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each span replaced by ``***``; overlapping spans become one."""
+    pieces: list[str] = []
+    done = 0
+    for start, stop in sorted(spans):
+        if start < done:  # overlaps the span hidden last: a query inside the password
+            done = max(done, stop)
+        else:
+            pieces += [text[done:start], "***"]
+            done = stop
+    return "".join(pieces) + text[done:]
 
 
 def _local_path(url: str, scheme: str) -> str:

@@ -95,8 +95,14 @@ def _normalise_url(url: str) -> sa.URL:
     """Parse a store URL into the SQLAlchemy URL of a supported driver."""
     try:
         parsed = sa.make_url(url)
-    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+    except sa.exc.ArgumentError as exc:
         raise InvalidURLError(f"malformed SQL store URL {redact_url(url)!r}: {exc}") from exc
+    except ValueError as exc:
+        # int() of the port: its message quotes the text, which can be the
+        # tail of a password holding an unescaped "@".
+        raise InvalidURLError(
+            f"malformed SQL store URL {redact_url(url)!r}: the port is not a number"
+        ) from exc
     # Read the scheme ourselves: SQLAlchemy's get_driver_name() imports the
     # dialect, and an unknown one ("postgres", "SQLITE") fails with an
     # ImportError-like message instead of a URL error.
@@ -301,6 +307,13 @@ def _after_prefix(prefix: str) -> str | None:
     return None
 
 
+def _is_missing_table(exc: BaseException) -> bool:
+    """Whether a driver error says a table does not exist (SQLite; PostgreSQL 42P01)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return str(exc).startswith("no such table")
+    return getattr(exc, "sqlstate", None) == "42P01"
+
+
 # Errors that say a database will never take our writes: a read-only
 # transaction (standby, default_transaction_read_only) or missing privileges.
 _PG_READ_ONLY_STATES = ("25006", "42501")
@@ -479,50 +492,75 @@ class SQLStore(CachedVecStore):
     def _ensure_schema(self, create: bool) -> None:
         """Check the schema revision; create or upgrade SQLite files that are ours."""
         try:
-            revision, owned = self._read_schema_state()
+            revision, has_entries, owned = self._read_schema_state()
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(describe_connection_error(self._raw_url, exc)) from exc
-        if revision == SCHEMA_REVISION:
+        if revision == SCHEMA_REVISION and has_entries:
             return
         from cachedvec import migrate
 
         if revision is not None and not migrate.is_known_revision(revision):
             raise SchemaError(
-                f"store {self.url} has cachedvec schema revision {revision}, newer than "
-                f"this cachedvec knows ({SCHEMA_REVISION}): upgrade cachedvec to use it"
+                f"store {self.url} has cachedvec schema revision {revision!r}, unknown to "
+                f"this cachedvec (which knows up to {SCHEMA_REVISION}): it was made by a "
+                "newer cachedvec, or not by cachedvec; upgrade cachedvec to use it"
             )
         if self.dialect == "sqlite" and owned and create:
             # Processes racing to create one file all get here: the migration
             # takes the write lock first, so the first creates the tables and
-            # the others find them at the head revision.
+            # the others find them at the head revision. It also repairs a
+            # dropped table or a lost revision row.
             log.info("creating or upgrading the cachedvec tables in %s", self.url)
             migrate.upgrade(self._raw_url)
             return
-        hint = _MIGRATE_HINT.format(url=self.url)
+        hint = self._migrate_hint()
+        if revision is None and has_entries:
+            raise SchemaError(
+                f"store {self.url} has a table {entries.name} but no recorded cachedvec "
+                f"schema revision ({hint})"
+            )
         if revision is None:
             raise SchemaError(f"store {self.url} has no cachedvec tables ({hint})")
+        if revision == SCHEMA_REVISION:
+            raise SchemaError(
+                f"store {self.url} records cachedvec schema revision {revision} but its "
+                f"table {entries.name} is missing ({hint})"
+            )
         raise SchemaError(
             f"store {self.url} has cachedvec schema revision {revision}, "
             f"this cachedvec needs {SCHEMA_REVISION} ({hint})"
         )
 
-    def _read_schema_state(self) -> tuple[str | None, bool]:
-        """(the schema revision or None, whether cachedvec may migrate it itself)."""
+    def _read_schema_state(self) -> tuple[str | None, bool, bool]:
+        """(the schema revision or None, whether the entries table exists,
+        whether cachedvec may migrate it itself)."""
         with self._engine.connect() as conn:
             owned = False
             if self.dialect == "sqlite":
                 app_id = conn.exec_driver_sql("PRAGMA application_id").scalar()
                 tables = conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
                 owned = app_id == SQLITE_APPLICATION_ID or (app_id == 0 and tables == 0)
-            if not sa.inspect(conn).has_table(VERSION_TABLE):
-                return None, owned
+            inspector = sa.inspect(conn)
+            has_entries = inspector.has_table(entries.name)
+            if not inspector.has_table(VERSION_TABLE):
+                return None, has_entries, owned
             version = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").scalar()
-            return version, owned
+            return version, has_entries, owned
 
     # ------------------------------------------------------- sync helpers
 
+    def _migrate_hint(self) -> str:
+        hint = _MIGRATE_HINT.format(url=self.url)
+        # The URL shown has its password hidden: pasted as it is, it would fail.
+        return hint if self.url == self._raw_url else f"{hint}, with the real password"
+
     def _store_error(self, action: str, exc: BaseException) -> StoreError:
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        original = getattr(exc, "orig", None) or exc
+        reason = " ".join(str(original).split())
+        if _is_missing_table(original):  # dropped behind an open store's back
+            return SchemaError(
+                f"cannot {action} store {self.url}: {reason} ({self._migrate_hint()})"
+            )
         return StoreError(f"cannot {action} store {self.url}: {reason}")
 
     def _bad_key_error(self, action: str, exc: UnicodeEncodeError) -> InvalidKeyError:

@@ -29,6 +29,12 @@ VERSION_TABLE = "cachedvec_alembic_version"
 #: another revision is a :class:`~cachedvec.errors.SchemaError`.
 SCHEMA_REVISION = "0001"
 
+#: The PostgreSQL advisory lock every migration holds (``migrations/env.py``
+#: and :mod:`cachedvec.migrate`), so that two processes migrating or
+#: repairing one database run one after the other. Any constant works, as
+#: long as every cachedvec uses the same one.
+PG_MIGRATION_LOCK = 0x43564543
+
 #: Written into the header of SQLite files cachedvec creates itself
 #: (``PRAGMA application_id``, "CVEC"), so it knows which files it may upgrade
 #: without being asked.
