@@ -20,6 +20,7 @@ from cachedvec.errors import (
 )
 from cachedvec.index import VectorIndex
 from cachedvec.jobs import index_job
+from cachedvec.stores import open_store
 from cachedvec.testing import FakeEmbeddings
 
 PARAGRAPHS = [f"Paragraph {i} is about subject {i}: words alpha{i} beta{i}." for i in range(9)]
@@ -260,6 +261,7 @@ def test_reindex_stops_when_vectors_are_missing(corpus: Path, setup: dict, tmp_p
     cachedvec.ingest([corpus], **setup)
     manifest = (Path(setup["index"]) / "manifest.json").read_bytes()
     empty = f"sqlite:///{tmp_path}/empty.db"
+    open_store(empty).close()  # a cache that exists but lacks the vectors
     with pytest.raises(MissingVectorsError) as info:
         cachedvec.reindex(setup["index"], factory="HNSW32", store=empty)
     assert info.value.missing > 0
