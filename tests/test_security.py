@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from cachedvec import CachedEmbeddings, open_store
 from cachedvec.cli import main
-from cachedvec.errors import StoreError
+from cachedvec.errors import InvalidURLError, StoreError
 from cachedvec.stores import redact_url
 from cachedvec.testing import FakeEmbeddings
 from tests.postgres import PostgresServer
@@ -165,6 +165,20 @@ def test_the_cli_never_prints_a_password_holding_url_characters() -> None:
     assert result.exit_code == 1
     assert "cache:***@127.0.0.1:1/cache" in result.stderr
     assert "s3cr" not in result.output and "et?x#y" not in result.output
+
+
+def test_a_password_holding_an_unescaped_at_is_refused_before_connecting() -> None:
+    # The URL's password ends at its first "@", so the rest would be sent as
+    # the host name and come back in the driver's "cannot resolve" message.
+    for url in (
+        "postgresql+psycopg://cache:S3cr@etTail@127.0.0.1/cache",
+        "postgresql://cache:a@b@c@localhost:5432/cache",
+    ):
+        with pytest.raises(InvalidURLError, match="write it as %40") as info:
+            open_store(url)
+        assert "Tail" not in str(info.value) and "b@c" not in str(info.value)
+    result = CliRunner().invoke(main, ["stats", "--store", "postgresql://u:S3cr@etTail@h/db"])
+    assert result.exit_code != 0 and "etTail" not in result.output
 
 
 @pytest.mark.postgres

@@ -124,6 +124,12 @@ def _normalise_url(url: str) -> sa.URL:
         # "~" as in file:// and diskcache:// URLs (sqlite3 would make a folder named "~").
         return parsed.set(drivername="sqlite", database=os.path.expanduser(parsed.database))
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        if "@" in (parsed.host or ""):
+            # The URL ends the password at its first "@"; the rest would go to
+            # the server as a host name, and back in its error message.
+            raise InvalidURLError(
+                f"{redact_url(url)!r}: the password holds an '@'; write it as %40"
+            )
         if not parsed.database:
             raise InvalidURLError(f"{redact_url(url)!r} names no database")
         return parsed.set(drivername="postgresql+psycopg")
