@@ -645,6 +645,17 @@ def test_an_identical_rewrite_counts_as_a_use(store: SQLStore) -> None:
     assert times(store, "k") == before
 
 
+def test_with_touch_interval_0_an_identical_rewrite_writes_nothing(sql_url: str) -> None:
+    with SQLStore(sql_url, touch_interval=0) as store:
+        store.mset([("k", b"v")])
+        age_entries(store, 5 * 86_400)
+        before = times(store, "k")
+        store.mset([("k", b"v")])
+        if store.dialect == "postgresql":
+            asyncio.run(store.amset([("k", b"v")]))
+        assert times(store, "k") == before
+
+
 def test_someone_elses_sqlite_file_is_left_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
     with sqlite3.connect(path) as conn:

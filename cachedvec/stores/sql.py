@@ -777,12 +777,20 @@ class SQLStore(CachedVecStore):
             # these keys tries again, so prune still sees them as used.
             log.debug("skipped recording read times in %s: %s", self.url, exc)
 
+    def _rewrite_cutoff(self, now: int) -> int:
+        """An identical rewrite refreshes accessed_at only if older than this.
+
+        As for reads: once per touch interval, and never when it is 0
+        (every identical rewrite would otherwise leave a dead row version).
+        """
+        return now - self._touch_interval if self._touch_interval > 0 else -1
+
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
         rows = _checked_rows(key_value_pairs)
         if not rows:
             return
         now = int(time.time())
-        cutoff = now - self._touch_interval
+        cutoff = self._rewrite_cutoff(now)
         if self.dialect == "sqlite":
             params = [(k, v, now, now, cutoff) for k, v in rows.items()]
             self._sqlite_write(lambda db: db.executemany(_SQLITE_UPSERT, params))
@@ -998,6 +1006,7 @@ class SQLStore(CachedVecStore):
         """Async twin of :meth:`_run` for PostgreSQL."""
         engine = self._async_engine_for_loop()
         for attempt in range(2):
+            fairy: Any = None
             try:
                 conn = await engine.connect()
             except sa.exc.SQLAlchemyError as exc:
@@ -1008,7 +1017,7 @@ class SQLStore(CachedVecStore):
             except UnicodeEncodeError as exc:
                 raise self._bad_key_error(action, exc) from exc
             except self._driver_errors as exc:
-                broken = fairy.driver_connection.broken
+                broken = fairy is not None and fairy.driver_connection.broken
                 if broken:
                     _renew_pool(engine.sync_engine.pool, fairy)
                     await conn.invalidate()
@@ -1068,7 +1077,7 @@ class SQLStore(CachedVecStore):
         if not rows:
             return None
         now = int(time.time())
-        statements = _pg_upserts(rows, now, now - self._touch_interval)
+        statements = _pg_upserts(rows, now, self._rewrite_cutoff(now))
 
         async def write(pg: Any) -> None:
             atomic = pg.transaction() if len(statements) > 1 else contextlib.nullcontext()
