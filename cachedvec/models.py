@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -240,76 +240,88 @@ _NEUTRAL_FIELDS = {
 _SECRET_WORDS = ("key", "token", "secret", "password", "client", "header", "credential")
 
 
-#: How far settings held in objects are followed: a user's wrapper (1)
-#: around a LangChain model (2) around its client settings.
+#: How far models held by models are followed: a user's wrapper around a
+#: LangChain model is one level.
 _NESTING = 2
-_warned_about: set[tuple[str, str]] = set()
+#: Containers that hold plain data; any other object is opaque to a fingerprint.
+_DATA_TYPES = (set, frozenset, dict, list, tuple, bytes, bytearray)
+_warned_about: set[str] = set()
 
 
 def _public_params(obj: Any, depth: int = _NESTING) -> dict[str, Any]:
     """Non-secret settings of an embeddings object, as JSON, for its fingerprint.
 
-    A setting that is an object (a wrapper holding a model, say) is
-    described by its type and its own settings, or by its fingerprint if it
-    is a model cachedvec knows; leaving it out would give two wrappers of
-    different models one namespace, and one would be served the other's
-    vectors.
+    A setting that is JSON counts as it is. Of the others, a model cachedvec
+    can fingerprint (a LangChain ``Embeddings``, a SentenceTransformer, one of
+    ours) counts by its own fingerprint, so two wrappers of different models
+    never share a namespace; anything else is left out, and a setting that is
+    an opaque object (weights, a function) is warned about once, since two
+    models differing only there would share cache entries.
     """
     try:
         fields = obj.model_dump() if hasattr(obj, "model_dump") else dict(vars(obj))
     except Exception:
         fields = {}
     params: dict[str, Any] = {}
+    opaque: list[str] = []
     for name, value in sorted(fields.items()):
         lowered = name.lower()
         if name.startswith("_") or name in _NEUTRAL_FIELDS:
             continue
         if any(word in lowered for word in _SECRET_WORDS):
             continue
-        params[name] = _setting(value, depth)
-        if params[name] == {"type": _type_name(value)}:
-            _warn_indistinct(obj, name, value)
+        try:
+            json.dumps(value)
+            params[name] = value
+            continue
+        except (TypeError, ValueError):
+            pass
+        # model_dump() turns a pydantic model held here into a dict: look at the object.
+        held = getattr(obj, name, value)
+        nested = _fingerprint_of(held, depth)
+        if nested is not None:
+            params[name] = nested
+        elif not isinstance(held, _DATA_TYPES):
+            opaque.append(name)
+    if opaque:
+        _warn_opaque(obj, opaque)
     return params
 
 
-def _setting(value: Any, depth: int) -> Any:
-    """One setting as JSON: itself, a known model's fingerprint, or type and settings."""
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        pass
+def _fingerprint_of(value: Any, depth: int) -> dict[str, Any] | None:
+    """The fingerprint, as JSON, of a model held as a setting; None if it is no model."""
+    if depth <= 0:
+        return None
     fingerprint = getattr(value, "fingerprint", None)
     if isinstance(fingerprint, ModelFingerprint):
-        return json.loads(fingerprint.canonical())
+        return cast("dict[str, Any]", json.loads(fingerprint.canonical()))
+    if isinstance(value, Embeddings):
+        cls = type(value)
+        own = ModelFingerprint(
+            model=f"{cls.__module__}/{cls.__qualname__}", params=_public_params(value, depth - 1)
+        )
+        return cast("dict[str, Any]", json.loads(own.canonical()))
     if type(value).__name__ == "SentenceTransformer":
         try:
-            return json.loads(_wrap_loaded_sentence_transformer(value).fingerprint.canonical())
+            wrapped = _wrap_loaded_sentence_transformer(value)
         except ConfigError:
-            pass
-    if callable(value) and hasattr(value, "__qualname__"):
-        return {"callable": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
-    inner = _public_params(value, depth - 1) if depth > 0 else {}
-    return {"type": _type_name(value), "params": inner} if inner else {"type": _type_name(value)}
+            return None
+        return cast("dict[str, Any]", json.loads(wrapped.fingerprint.canonical()))
+    return None
 
 
-def _type_name(value: Any) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}"
-
-
-def _warn_indistinct(owner: Any, name: str, value: Any) -> None:
-    """Say once per class and setting that the fingerprint cannot see inside it."""
-    seen = (_type_name(owner), name)
-    if seen in _warned_about:
+def _warn_opaque(owner: Any, names: list[str]) -> None:
+    """Say once per class that some of its settings are invisible to the fingerprint."""
+    cls = type(owner)
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if where in _warned_about:
         return
-    _warned_about.add(seen)
+    _warned_about.add(where)
     log.warning(
-        "cachedvec cannot tell %s models apart by their %r setting (a %s): if two "
-        "such models differ only there, give each its own namespace=, or they "
-        "share cache entries",
-        type(owner).__name__,
-        name,
-        type(value).__name__,
+        "cachedvec cannot see into the %s setting(s) of %s: two such models that "
+        "differ only there would share cache entries; give each its own namespace=",
+        ", ".join(repr(n) for n in names),
+        cls.__name__,
     )
 
 

@@ -383,8 +383,9 @@ def test_a_setting_the_fingerprint_cannot_see_into_is_warned_about(
     with caplog.at_level("WARNING", logger="cachedvec.models"):
         CachedEmbeddings(OpaqueWrapper(Opaque()))
         CachedEmbeddings(OpaqueWrapper(Opaque()))
-    warnings = [r.getMessage() for r in caplog.records if "cannot tell" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "cannot see into" in r.getMessage()]
     assert len(warnings) == 1 and "'model' setting" in warnings[0] and "namespace=" in warnings[0]
+    assert "OpaqueWrapper" in warnings[0]
 
 
 def test_texts_may_come_from_a_generator() -> None:
