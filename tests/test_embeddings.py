@@ -394,3 +394,18 @@ def test_texts_may_come_from_a_generator() -> None:
     assert vectors == emb.embed_documents(TEXTS[:3])
     with pytest.raises(TypeError, match="single string"):
         emb.embed_documents("one text")  # type: ignore[arg-type]
+
+
+def test_namespaces_of_langchain_models_stay_put(caplog: pytest.LogCaptureFixture) -> None:
+    # A namespace that changes makes every cached vector miss and every saved
+    # index refuse to load: pinned for a class whose settings do not change.
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    emb = CachedEmbeddings(DeterministicFakeEmbedding(size=12))
+    assert emb.namespace == "deterministicfakeembedding:2421c66f17709ed9"
+    # Settings that are plain data but not JSON (a set) stay out, silently.
+    openai = pytest.importorskip("langchain_community.embeddings.openai")
+    with caplog.at_level("WARNING", logger="cachedvec.models"):
+        model = CachedEmbeddings(openai.OpenAIEmbeddings.model_construct(model="x")).model
+    assert "allowed_special" not in model.fingerprint.params
+    assert not [r for r in caplog.records if r.name == "cachedvec.models"]
