@@ -13,7 +13,7 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from cachedvec import CachedEmbeddings, open_store
-from cachedvec.errors import ConfigError, InvalidTextError, ModelOutputError
+from cachedvec.errors import ConfigError, InvalidKeyError, InvalidTextError, ModelOutputError
 from cachedvec.stores.base import CachedVecStore
 from cachedvec.testing import FakeEmbeddings
 from tests.conftest import PERSISTENT_KINDS, store_url
@@ -303,6 +303,14 @@ def test_langchain_local_file_store_works_with_a_model_named_namespace(tmp_path:
     )
     # The model name is a folder in the store, as with LangChain's own cache.
     assert (tmp_path / "cv1_3asentence-transformers").is_dir()
+    # A LangChain cache sharing the folder: its files are not taken for ours.
+    store.mset([("my_cache4f1e2d", b"theirs"), ("model_41bc", b"theirs")])
+    assert set(again.store.yield_keys()) == set(emb.document_keys(TEXTS[:5])) | set(
+        emb.query_keys(["a question"])
+    )
+    too_long = CachedEmbeddings.from_bytes_store(model, store, namespace="a@" * 100)
+    with pytest.raises(InvalidKeyError, match="too long for a file name"):
+        too_long.embed_documents(["x"])
 
 
 def test_get_vectors_reads_without_the_model() -> None:

@@ -22,14 +22,21 @@ from collections.abc import Iterator, Sequence
 
 from langchain_core.stores import ByteStore
 
+from cachedvec.errors import InvalidKeyError
+
 _SAFE = re.compile(r"[^A-Za-z0-9./-]")
 _ESCAPED = re.compile(r"(?:_[0-9a-f]{2})+")
 
 
+_MAX_NAME = 255  # bytes in one file name on common file systems
+
+
 def needs_path_safe_keys(store: ByteStore) -> bool:
-    """Whether ``store`` is a LangChain ``LocalFileStore`` (any of its packages)."""
-    cls = type(store)
-    return cls.__name__ == "LocalFileStore" and cls.__module__.startswith("langchain")
+    """Whether ``store`` is (a subclass of) LangChain's ``LocalFileStore``, from any package."""
+    return any(
+        cls.__name__ == "LocalFileStore" and cls.__module__.startswith("langchain")
+        for cls in type(store).__mro__
+    )
 
 
 def escape(key: str) -> str:
@@ -37,7 +44,24 @@ def escape(key: str) -> str:
 
 
 def unescape(name: str) -> str:
-    return _ESCAPED.sub(lambda m: bytes.fromhex(m[0].replace("_", "")).decode("utf-8"), name)
+    """The key ``name`` stores; ``ValueError`` if ``escape`` cannot have made it."""
+    key = _ESCAPED.sub(lambda m: bytes.fromhex(m[0].replace("_", "")).decode("utf-8"), name)
+    if escape(key) != name:
+        raise ValueError(f"{name!r} is not an escaped key")
+    return key
+
+
+def _stored_name(key: str) -> str:
+    try:
+        name = escape(key)
+    except UnicodeEncodeError as exc:
+        raise InvalidKeyError(f"store key {key!r} is not valid Unicode") from exc
+    if any(len(part) > _MAX_NAME for part in name.split("/")):
+        raise InvalidKeyError(
+            f"store key {key[:60]!r}... is too long for a file name once escaped "
+            f"(over {_MAX_NAME} bytes): use a shorter namespace"
+        )
+    return name
 
 
 class PathSafeKeys(ByteStore):
@@ -47,19 +71,23 @@ class PathSafeKeys(ByteStore):
         self.store = store
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
-        return self.store.mget([escape(k) for k in keys])
+        return self.store.mget([_stored_name(k) for k in keys])
 
     def mset(self, key_value_pairs: Sequence[tuple[str, bytes]]) -> None:
-        self.store.mset([(escape(k), v) for k, v in key_value_pairs])
+        self.store.mset([(_stored_name(k), v) for k, v in key_value_pairs])
 
     def mdelete(self, keys: Sequence[str]) -> None:
-        self.store.mdelete([escape(k) for k in keys])
+        self.store.mdelete([_stored_name(k) for k in keys])
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         # LocalFileStore reads a prefix as a folder, not as the start of a
-        # key, so the prefix is applied here.
+        # key, so the prefix is applied here. Files cachedvec did not name
+        # (another cache sharing the folder) are skipped.
         for name in self.store.yield_keys():
-            key = unescape(name)
+            try:
+                key = unescape(name)
+            except ValueError:  # also UnicodeDecodeError
+                continue
             if prefix is None or key.startswith(prefix):
                 yield key
 
