@@ -43,6 +43,7 @@ from cachedvec.stores.sql_schema import (
     PG_MIGRATION_LOCK,
     SQLITE_APPLICATION_ID,
     VERSION_TABLE,
+    entries,
     metadata,
 )
 
@@ -250,7 +251,28 @@ def _differs_from_newest_schema(conn: sa.Connection) -> bool:
         conn,
         opts={"version_table": VERSION_TABLE, "compare_type": True, "include_name": ours},
     )
-    return bool(compare_metadata(context, metadata))
+    # An index a DBA added is theirs to keep; anything else differing is not ours.
+    differences = [d for d in compare_metadata(context, metadata) if d[0] != "remove_index"]
+    return bool(differences) or not _keys_compare_bytewise(conn)
+
+
+def _keys_compare_bytewise(conn: sa.Connection) -> bool:
+    """Whether PostgreSQL compares keys with the "C" collation, as prefix scans need.
+
+    Alembic does not compare collations; a key column in the database's
+    locale would make ``yield_keys(prefix=...)`` and prune's ranges wrong.
+    """
+    if conn.dialect.name != "postgresql":
+        return True  # SQLite compares text bytewise
+    collation = conn.execute(
+        sa.text(
+            "SELECT collation_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = :table "
+            "AND column_name = 'key'"
+        ),
+        {"table": entries.name},
+    ).scalar()
+    return collation in ("C", "POSIX")  # PostgreSQL's two names for byte order
 
 
 def _mark_new_sqlite_file(conn: sa.Connection) -> None:

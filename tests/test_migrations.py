@@ -202,6 +202,31 @@ def test_a_foreign_table_of_the_same_name_is_named_and_kept(empty_db_url: str) -
     assert migrate.current(empty_db_url) is None
 
 
+def test_a_dba_index_does_not_hide_cachedvec_tables(empty_db_url: str) -> None:
+    migrate.upgrade(empty_db_url)
+    execute(
+        empty_db_url,
+        "CREATE INDEX dba_created ON cachedvec_entries (created_at)",
+        f"DELETE FROM {VERSION_TABLE}",
+    )
+    assert migrate.upgrade(empty_db_url) == SCHEMA_REVISION
+
+
+@pytest.mark.postgres
+def test_a_key_column_in_the_locale_collation_is_not_taken_for_ours(
+    fresh_postgres_url: str,
+) -> None:
+    # Without "C", prefix scans (yield_keys, prune by namespace) would be wrong.
+    migrate.upgrade(fresh_postgres_url)
+    execute(
+        fresh_postgres_url,
+        'ALTER TABLE cachedvec_entries ALTER COLUMN key TYPE text COLLATE "und-x-icu"',
+        f"DELETE FROM {VERSION_TABLE}",
+    )
+    with pytest.raises(SchemaError, match="that cachedvec did not create"):
+        migrate.upgrade(fresh_postgres_url)
+
+
 def _upgrade(url: str) -> str | None:
     return migrate.upgrade(url)
 
