@@ -259,8 +259,9 @@ def _differs_from_newest_schema(conn: sa.Connection) -> bool:
 def _keys_compare_bytewise(conn: sa.Connection) -> bool:
     """Whether PostgreSQL compares keys with the "C" collation, as prefix scans need.
 
-    Alembic does not compare collations; a key column in the database's
-    locale would make ``yield_keys(prefix=...)`` and prune's ranges wrong.
+    Alembic sees no difference when the column has the database's default
+    collation, whose order follows its locale; that would make
+    ``yield_keys(prefix=...)`` and prune's ranges wrong.
     """
     if conn.dialect.name != "postgresql":
         return True  # SQLite compares text bytewise
