@@ -80,6 +80,7 @@ T = TypeVar("T")
 
 DAY = 86_400
 _MIGRATE_HINT = "run: cachedvec migrate --store {url}"
+_TOUCH_WAIT = 1.0  # seconds a read waits to record read times on a busy SQLite file
 _SQLITE_CHUNK = 900  # under SQLite's historical 999-variable limit
 _PG_CHUNK = 2_000  # keys per read or write statement
 _PAGE = 900  # keys per page when listing or pruning (an IN list of them too)
@@ -648,19 +649,25 @@ class SQLStore(CachedVecStore):
                 self._checkin(fairy, broken=broken)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _sqlite_write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _sqlite_write(
+        self, work: Callable[[sqlite3.Connection], T], timeout: float | None = None
+    ) -> T:
         """Run ``work`` in one write transaction, retrying while the file is busy.
 
         The busy timeout already makes BEGIN IMMEDIATE wait for another
         writer; the retry covers the cases where SQLite reports busy without
-        waiting (WAL recovery or checkpoint in another process).
+        waiting (WAL recovery or checkpoint in another process). ``timeout``
+        replaces the store's busy timeout for this write.
         """
-        deadline = time.monotonic() + self._busy_timeout
+        wait = self._busy_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         delay = 0.002
         while True:
             fairy = self._checkout()
             try:
                 db: sqlite3.Connection = fairy.driver_connection
+                if timeout is not None:
+                    db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     result = work(db)
@@ -678,6 +685,10 @@ class SQLStore(CachedVecStore):
             except UnicodeEncodeError as exc:
                 raise self._bad_key_error("write to", exc) from exc
             finally:
+                if timeout is not None:
+                    fairy.driver_connection.execute(
+                        f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}"
+                    )
                 self._checkin(fairy)
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.25)
@@ -755,7 +766,8 @@ class SQLStore(CachedVecStore):
                         sql = _SQLITE_TOUCH.format(_placeholders(len(chunk)))
                         db.execute(sql, (now, *chunk, cutoff))
 
-                self._sqlite_write(touch_sqlite)
+                # Best effort: a read waits for another writer only briefly.
+                self._sqlite_write(touch_sqlite, timeout=_TOUCH_WAIT)
             else:
 
                 def touch_postgres(pg: Any) -> None:
