@@ -120,6 +120,11 @@ def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bo
     }
     if address in (None, "local"):
         options["num_cpus"] = max(workers, os.cpu_count() or 1)
+        # A cluster of our own, in this process's lifetime: Ray's notice that
+        # it turned token authentication on is not news to act on.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     else:
         options["address"] = address
     try:
@@ -536,6 +541,8 @@ def _embed_on_cluster(
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = bool(show_progress)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Turned off on purpose (not a terminal, or asked): no advice to turn them on.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     blocks = max(workers, min(len(texts) // max(batch_size, 1), workers * 8))
     dataset = ray.data.from_items([{"text": text} for text in texts], override_num_blocks=blocks)
     embedded = embed_dataset(
