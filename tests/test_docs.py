@@ -30,7 +30,7 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
 
 def readme() -> str:
     if not README.is_file():
-        pytest.skip("README.md is missing (the lead writes it)")
+        pytest.fail("README.md is missing", pytrace=False)
     return README.read_text("utf-8")
 
 
@@ -39,10 +39,10 @@ def command_under(heading: str) -> str:
     text = readme()
     match = re.search(rf"^#+\s*{re.escape(heading)}\s*$(.*?)(?=^#|\Z)", text, re.M | re.S)
     if not match:
-        pytest.skip(f'README.md has no "{heading}" heading yet')
+        pytest.fail(f'README.md has no "{heading}" heading', pytrace=False)
     block = FENCE.search(match.group(1))
     if not block:
-        pytest.skip(f'README.md has no fenced block under "{heading}" yet')
+        pytest.fail(f'README.md has no fenced block under "{heading}"', pytrace=False)
     lines = [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
     assert len(lines) == 1, f'"{heading}" must hold exactly one command, found {lines}'
     return lines[0].strip()

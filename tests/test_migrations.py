@@ -271,8 +271,8 @@ def test_processes_racing_to_create_one_sqlite_file(tmp_path: Path) -> None:
 
 def test_migrations_ship_inside_the_package(tmp_path: Path) -> None:
     """A wheel carries the Alembic scripts, so a pip-installed cachedvec migrates."""
-    if "cachedvec.migrations" not in (REPO / "pyproject.toml").read_text():
-        pytest.skip("pyproject.toml does not map migrations/ to cachedvec.migrations yet")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert "cachedvec.migrations" in pyproject, "pyproject.toml must ship migrations/"
     source = tmp_path / "src"
     shutil.copytree(
         REPO,

@@ -260,16 +260,6 @@ def test_a_save_into_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> Non
         make_index(n=5).save(blocker / "idx")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_a_read_only_folder_is_a_clear_error(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(VectorIndexError):
-            make_index(n=5).save(tmp_path)
-    finally:
-        tmp_path.chmod(0o700)
-
-
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -477,7 +467,14 @@ def test_any_manifest_gives_a_clear_error_or_a_valid_index(
     rewrite_manifest(folder, lambda data: data.update(changes))
     for _ in range(2):
         try:
-            VectorIndex.load(folder)
+            loaded = VectorIndex.load(folder)
         except (IndexCorruptError, IndexMismatchError):
             pass
+        else:
+            with loaded:  # it loaded: then it is the saved index, and it works
+                assert len(loaded) == 5
+                assert loaded.dim == DIM
+                (hits,) = loaded.search_batch(vectors(1, seed=7), 5)
+                assert sorted(h.id for h in hits) == [f"d{i}" for i in range(5)]
+                assert loaded.get_vectors(["d3"])[0].shape == (1, DIM)
         (folder / "manifest.json").write_bytes(raw)  # then arbitrary bytes

@@ -6,13 +6,15 @@ to the right vectors and the previous index still loads.
 
 The full disk is a 256 KiB tmpfs and the read-only folder a tmpfs remounted
 read-only (tests run as root here, and root ignores ``chmod``); both need
-permission to mount, and skip, saying so, without it. Too many open files is
+permission to mount, and skip, saying so, without it (under ``CI=true`` that
+is a failure: CI runs as root and must run them). Too many open files is
 a child process with a low ``RLIMIT_NOFILE`` whose descriptors are used up.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,6 +47,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
     forks.close()
 
 
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must run the resource limit tests", pytrace=False)
+    pytest.skip(reason)
+
+
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["mount", *args], capture_output=True, text=True)
 
@@ -59,7 +67,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
         folder.mkdir()
         result = _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder))
         if result.returncode != 0:
-            pytest.skip(
+            _skip_or_fail(
                 f"cannot mount a tmpfs here ({result.stderr.strip() or 'not root'}); "
                 "a full disk and a read-only folder need one"
             )
@@ -74,7 +82,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 def read_only(folder: Path) -> None:
     result = _mount("-o", "remount,ro", str(folder))
     if result.returncode != 0:
-        pytest.skip(f"cannot remount {folder} read-only: {result.stderr.strip()}")
+        _skip_or_fail(f"cannot remount {folder} read-only: {result.stderr.strip()}")
     with pytest.raises(OSError):
         (folder / "probe").write_text("x")  # really read-only, even for root
 

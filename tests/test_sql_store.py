@@ -9,6 +9,7 @@ statistics and connection failures.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -168,8 +169,10 @@ def test_writes_stamp_both_times_and_fresh_reads_do_not_write(store: SQLStore) -
     created, accessed = times(store, "k")
     assert before <= created == accessed <= int(time.time())
     age_entries(store, 3_600)  # an hour: younger than the one-day touch interval
-    store.mget(["k"])
-    assert times(store, "k")[1] == created - 3_600 or times(store, "k")[1] <= created
+    aged = times(store, "k")
+    assert aged[1] <= created - 3_600 + 5
+    assert store.mget(["k"]) == [b"v"]
+    assert times(store, "k") == aged, "a fresh read writes nothing"
 
 
 def test_a_read_refreshes_a_stale_read_time_once(store: SQLStore) -> None:
@@ -359,19 +362,25 @@ def test_a_dropped_table_in_a_cachedvec_sqlite_file_is_recreated(tmp_path: Path)
         assert store.mget(["k"]) == [b"v"]
 
 
-def test_a_table_dropped_while_open_is_a_schema_error(
-    fresh_postgres_url: str, tmp_path: Path
-) -> None:
-    for url in (fresh_postgres_url, f"sqlite:///{tmp_path}/cache.db"):
-        migrate.upgrade(url)
-        with SQLStore(url) as store:
-            store.mset([("k", b"v")])
-            drop_entries(url)
-            with pytest.raises(SchemaError, match="run: cachedvec migrate --store") as info:
-                store.mget(["k"])
-        # A hint with the password hidden would fail if pasted as it is.
-        has_password = url.startswith("postgresql")
-        assert str(info.value).endswith(", with the real password)") == has_password
+@pytest.fixture(params=DIALECTS)
+def fresh_sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a new database without cachedvec's tables, on each dialect."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("fresh_postgres_url"))
+    return f"sqlite:///{tmp_path}/cache.db"
+
+
+def test_a_table_dropped_while_open_is_a_schema_error(fresh_sql_url: str) -> None:
+    url = fresh_sql_url
+    migrate.upgrade(url)
+    with SQLStore(url) as store:
+        store.mset([("k", b"v")])
+        drop_entries(url)
+        with pytest.raises(SchemaError, match="run: cachedvec migrate --store") as info:
+            store.mget(["k"])
+    # A hint with the password hidden would fail if pasted as it is.
+    has_password = url.startswith("postgresql")
+    assert str(info.value).endswith(", with the real password)") == has_password
 
 
 def drop_entries(url: str) -> None:
@@ -537,12 +546,25 @@ def test_a_sqlite_writer_waits_for_another_and_gives_up_clearly(tmp_path: Path) 
     with SQLStore(url, busy_timeout=0.2) as impatient:
         with pytest.raises(StoreError, match="locked"):
             impatient.mset([("k", b"never")])
-    released = threading.Timer(0.3, lambda: blocker.execute("COMMIT"))
-    released.start()
+    errors: list[BaseException] = []
     with SQLStore(url, busy_timeout=30) as patient:
-        patient.mset([("k", b"v")])  # waits for the lock instead of failing
+
+        def write() -> None:
+            try:
+                patient.mset([("k", b"v")])  # waits for the lock instead of failing
+            except BaseException as exc:  # reported by the main thread below
+                errors.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            writer.join(0.5)
+            assert writer.is_alive(), "the patient write waits while the lock is held"
+        finally:
+            blocker.execute("COMMIT")
+            writer.join(30)
+        assert not writer.is_alive() and errors == []
         assert patient.mget(["k"]) == [b"v"]
-    released.join()
     blocker.close()
 
 
@@ -612,12 +634,17 @@ def test_a_busy_moment_skips_one_read_time_update_only(tmp_path: Path) -> None:
         store.mset([("a", b"1"), ("b", b"2")])
         age_entries(store, 10 * 86_400)
         blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+        aged = times(store, "a")
         blocker.execute("BEGIN IMMEDIATE")  # another process writing meanwhile
         assert store.mget(["a"]) == [b"1"]  # its read time cannot be recorded now
+        assert times(store, "a") == aged, "nothing was written while blocked"
         blocker.execute("COMMIT")
         blocker.close()
         assert store.mget(["b"]) == [b"2"]
         assert times(store, "b")[1] >= int(time.time()) - 5, "later reads are still recorded"
+        assert store.mget(["a"]) == [b"1"]
+        assert times(store, "a")[1] >= int(time.time()) - 5, "the skipped one is retried"
+        assert times(store, "a")[0] == aged[0]
 
 
 def test_a_read_waits_only_briefly_to_record_its_read_time(tmp_path: Path) -> None:
@@ -626,25 +653,36 @@ def test_a_read_waits_only_briefly_to_record_its_read_time(tmp_path: Path) -> No
         store.mset([("a", b"1")])
         age_entries(store, 10 * 86_400)
         blocker = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+        aged = times(store, "a")
         blocker.execute("BEGIN IMMEDIATE")  # a writer holding the lock for long
         started = time.monotonic()
         assert store.mget(["a"]) == [b"1"]
         # Not the 30 s a write would wait (the bound is loose for a noisy machine).
         assert time.monotonic() - started < 15
+        assert times(store, "a") == aged, "the read time is skipped, not recorded"
         blocker.execute("COMMIT")
         blocker.close()
         store.mset([("b", b"2")])  # writes still wait as configured, and work
 
 
 @pytest.mark.postgres
-def test_a_read_only_postgres_session_stops_recording_reads(postgres_store_url: str) -> None:
+def test_a_read_only_postgres_session_stops_recording_reads(
+    postgres_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with SQLStore(postgres_store_url) as writer:
         writer.mset([("k", b"v")])
         age_entries(writer, 10 * 86_400)
+        aged = times(writer, "k")
     read_only = postgres_store_url + "?options=-c%20default_transaction_read_only%3Don"
-    with SQLStore(read_only) as store:
-        assert store.mget(["k"]) == [b"v"] and store.mget(["k"]) == [b"v"]
-        assert store._touch_enabled is False
+    with caplog.at_level(logging.DEBUG, logger="cachedvec"), SQLStore(read_only) as store:
+        for _ in range(3):
+            assert store.mget(["k"]) == [b"v"]
+        assert asyncio.run(store.amget(["k"])) == [b"v"]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, "one warning, then reads stop trying to record"
+    assert "not recording read times" in warnings[0].getMessage()
+    with SQLStore(postgres_store_url) as writer:
+        assert times(writer, "k") == aged
 
 
 def test_an_identical_rewrite_counts_as_a_use(store: SQLStore) -> None:
