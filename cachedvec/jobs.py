@@ -101,9 +101,14 @@ def record_run(index_dir: str | os.PathLike[str], job: str, report: dict[str, An
     ignores it, and losing it loses only statistics.
     """
     entry = {"time": time.time(), "job": job, **report}
+    line = json.dumps(entry, default=str) + "\n"
     try:
-        with open(Path(index_dir) / HISTORY_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
+        with open(Path(index_dir) / HISTORY_FILE, "a+b") as f:
+            # After a crash mid-write the last line is torn: start a new one,
+            # or this run would be glued to it and skipped with it.
+            if f.tell() and (f.seek(-1, os.SEEK_END) or f.read(1) != b"\n"):
+                line = "\n" + line
+            f.write(line.encode("utf-8"))
     except OSError:
         pass  # statistics are best effort; the job itself succeeded
 
@@ -120,6 +125,8 @@ def read_history(index_dir: str | os.PathLike[str], limit: int = 1000) -> list[d
             entry = json.loads(line)
         except ValueError:
             continue  # a torn last line after a crash
-        if isinstance(entry, dict):
-            runs.append(entry)
+        if isinstance(entry, dict) and all(
+            isinstance(entry.get(count, 0), int) for count in ("cache_hits", "computed")
+        ):
+            runs.append(entry)  # (a line edited by hand into something else is skipped)
     return runs

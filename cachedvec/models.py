@@ -415,6 +415,8 @@ def _wrap_loaded_sentence_transformer(st: Any) -> SentenceTransformerModel:
             "cannot fingerprint this SentenceTransformer (its weights folder is unknown): "
             "pass the model's folder path instead"
         )
-    wrapped = SentenceTransformerModel(folder)
+    # The bundled model loaded by hand is still the bundled model: same namespace.
+    identity = DEFAULT_MODEL_NAME if _is_bundled(folder) else None
+    wrapped = SentenceTransformerModel(folder, identity=identity)
     wrapped._model = st
     return wrapped

@@ -96,6 +96,10 @@ def read_source(path: Path) -> Source:
     return Source(path, kind, hashlib.sha256(data).hexdigest(), data)
 
 
+#: Changes when the same settings would split a file differently.
+SPLITTER_VERSION = 2
+
+
 class Chunker:
     """Splits sources into :class:`Chunk` objects of bounded size."""
 
@@ -108,14 +112,15 @@ class Chunker:
             raise ConfigError(
                 f"chunk overlap must be between 0 and the chunk size, got {chunk_overlap}"
             )
-        from langchain_text_splitters import (
-            MarkdownTextSplitter,
-            RecursiveCharacterTextSplitter,
-        )
+        from langchain_text_splitters import Language, RecursiveCharacterTextSplitter
 
         self.chunk_size, self.chunk_overlap, self.text_field = chunk_size, chunk_overlap, text_field
         self._splitters = {
-            "markdown": MarkdownTextSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap),
+            # Not MarkdownTextSplitter: it takes its heading patterns as plain
+            # text (is_separator_regex=False), so it never splits at a heading.
+            "markdown": RecursiveCharacterTextSplitter.from_language(
+                Language.MARKDOWN, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+            ),
             "text": RecursiveCharacterTextSplitter(
                 chunk_size=chunk_size, chunk_overlap=chunk_overlap
             ),
@@ -128,6 +133,9 @@ class Chunker:
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "text_field": self.text_field,
+            # 2: Markdown splits at headings. A new value re-splits every source
+            # once; chunks whose text is unchanged keep their cached vectors.
+            "splitter": SPLITTER_VERSION,
         }
 
     def chunks(self, source: Source) -> list[Chunk]:
@@ -141,7 +149,10 @@ class Chunker:
         return [Chunk(p, dict(base)) for p in pieces if p.strip()]
 
     def _jsonl_chunks(self, source: Source, base: dict[str, Any]) -> Iterator[Chunk]:
-        for lineno, line in enumerate(source.data.decode("utf-8-sig").splitlines(), 1):
+        # Split on "\n" only: str.splitlines() also breaks on U+2028 and kin,
+        # which JSON allows unescaped inside strings.
+        text = source.data.decode("utf-8-sig")
+        for lineno, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
