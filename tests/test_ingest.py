@@ -75,8 +75,11 @@ def test_editing_a_source_replaces_exactly_its_changed_chunks(corpus: Path, setu
     )
     report = cachedvec.ingest([corpus], **setup)
     assert report.sources.updated == 1 and report.sources.skipped == 3
-    assert report.computed == model.texts_embedded
-    assert report.added >= 1 and report.deleted >= 1
+    # Only the middle paragraph of b.txt changed: one chunk out, one chunk in,
+    # one embedding computed, and the other seven chunks left as they were.
+    assert (report.added, report.deleted, report.computed, report.skipped) == (1, 1, 1, 7)
+    assert report.updated == 0 and report.cache_hits == 0
+    assert model.texts_embedded == 1
     with VectorIndex.load(setup["index"]) as vindex:
         texts = [r.text for r in vindex.records()]
     assert any("brand new" in t for t in texts)
@@ -302,11 +305,24 @@ def test_bad_sources_fail_before_anything_changes(corpus: Path, setup: dict) -> 
 
 
 def test_chunk_settings_change_rechunks_with_cached_vectors(corpus: Path, setup: dict) -> None:
-    cachedvec.ingest([corpus], **setup)
+    first = cachedvec.ingest([corpus], **setup)
+    assert first.computed == 8
     report = cachedvec.ingest([corpus], **{**setup, "chunk_size": 4000})
     assert report.sources.updated == 4
+    # Bigger chunks merge the paragraphs: new texts, so new vectors.
+    assert (report.added, report.deleted, report.computed) == (3, 6, 3)
     merged = cachedvec.ingest([corpus], **{**setup, "chunk_size": 4000})
     assert merged.sources.skipped == 4
+    assert (merged.added, merged.deleted, merged.computed) == (0, 0, 0)
+    # Back to the first settings: the six paragraph chunks are re-created from
+    # the cache, not re-embedded.
+    model = setup["model"]
+    model.texts_embedded = 0
+    back = cachedvec.ingest([corpus], **setup)
+    assert back.sources.updated == 4
+    assert back.computed == 0 and back.cache_hits == 6
+    assert model.texts_embedded == 0
+    assert (back.added, back.deleted, back.documents) == (6, 3, 8)
 
 
 def test_vectors_in_the_index_equal_the_model(corpus: Path, setup: dict) -> None:
