@@ -342,7 +342,7 @@ def read_sources(
         {"path": str(s.path), "kind": s.kind, "content_hash": s.content_hash, "data": s.data}
         for s in sources
     ]
-    settings = chunker.settings
+    settings = chunker.options
     blocks = max(1, min(len(rows), 64))
     return (
         ray.data.from_items(rows, override_num_blocks=blocks)

@@ -129,13 +129,17 @@ class Chunker:
     @property
     def settings(self) -> dict[str, Any]:
         """What changes the chunks: part of a source's recorded version."""
+        # The splitter version: a new one re-splits every source once; chunks
+        # whose text is unchanged keep their cached vectors.
+        return {**self.options, "splitter": SPLITTER_VERSION}
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The arguments that make an equal Chunker (in another process, say)."""
         return {
             "chunk_size": self.chunk_size,
             "chunk_overlap": self.chunk_overlap,
             "text_field": self.text_field,
-            # 2: Markdown splits at headings. A new value re-splits every source
-            # once; chunks whose text is unchanged keep their cached vectors.
-            "splitter": SPLITTER_VERSION,
         }
 
     def chunks(self, source: Source) -> list[Chunk]:
