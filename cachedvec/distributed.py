@@ -70,7 +70,7 @@ from cachedvec.ingestion import (
     check_index_type,
     load_records,
 )
-from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, prepare_store_url
+from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE
 from cachedvec.models import EmbeddingModel, as_model
 from cachedvec.sources import Chunker, Source, find_files, read_source
 from cachedvec.stores import open_store, redact_url
@@ -170,7 +170,7 @@ def shared_store_url(url: str) -> str:
             f"{len(nodes)} node(s) and workers elsewhere would each write a cache of their own. "
             "Use a store every node reaches, e.g. postgresql+psycopg://user@host/db"
         )
-    return _absolute(prepare_store_url(url), family)
+    return _absolute(url, family)
 
 
 def refuse_private_store(url: str) -> str:

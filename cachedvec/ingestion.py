@@ -42,7 +42,6 @@ from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
     index_job,
-    prepare_store_url,
     progress,
     record_run,
     slices,
@@ -213,7 +212,7 @@ def ingest(
 
     with (
         index_job(index_dir),
-        CachedEmbeddings(model, prepare_store_url(store), batch_size=batch_size) as emb,
+        CachedEmbeddings(model, store, batch_size=batch_size) as emb,
     ):
         vindex = (
             VectorIndex.load(index_dir, fingerprint=emb.fingerprint)

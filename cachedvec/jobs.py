@@ -14,9 +14,6 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from cachedvec.errors import StoreError
-from cachedvec.stores import redact_url
-
 DEFAULT_HOME = Path(".cachedvec")
 DEFAULT_INDEX = str(DEFAULT_HOME / "index")
 DEFAULT_STORE = f"sqlite:///{DEFAULT_HOME / 'cache.db'}"
@@ -61,20 +58,6 @@ def index_job(index_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def prepare_store_url(url: str) -> str:
-    """Create the parent folder of a local SQLite URL, so defaults just work."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        folder = Path(url[len("sqlite:///") :]).expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a file in the way, no permission: the store's error
-            raise StoreError(
-                f"cannot open store {redact_url(url)}: cannot create {folder}: "
-                f"{exc.strerror or exc}"
-            ) from exc
-    return url
 
 
 def progress(

@@ -32,6 +32,7 @@ import cachedvec
 from cachedvec import migrate, open_store
 from cachedvec.cli import main
 from cachedvec.index import VectorIndex, read_manifest
+from cachedvec.ingestion import IngestReport
 from cachedvec.models import DEFAULT_MODEL_NAME
 from cachedvec.testing import FakeEmbeddings
 from tests.conftest import PERSISTENT_KINDS, store_url
@@ -79,7 +80,10 @@ class Workspace:
 
     def fake_ingest(self) -> int:
         """Build the index with the fake model (no real model needed); its size."""
-        report = cachedvec.ingest(
+        return self.fake_ingest_report().documents
+
+    def fake_ingest_report(self) -> IngestReport:
+        return cachedvec.ingest(
             [self.corpus],
             index=self.index,
             store=self.store,
@@ -87,7 +91,6 @@ class Workspace:
             chunk_size=100,
             chunk_overlap=0,
         )
-        return report.documents
 
 
 @pytest.fixture
@@ -610,14 +613,7 @@ def test_an_empty_source_is_recorded_once(ws: Workspace) -> None:
     ws.fake_ingest()
     (ws.corpus / "blank.txt").write_text("   \n", "utf-8")
     ws.fake_ingest()
-    again = cachedvec.ingest(
-        [ws.corpus],
-        index=ws.index,
-        store=ws.store,
-        model=FakeEmbeddings(384),
-        chunk_size=100,
-        chunk_overlap=0,
-    )
+    again = ws.fake_ingest_report()
     assert again.sources.added == 0 and again.sources.skipped == 4
 
 
