@@ -27,7 +27,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -40,7 +40,7 @@ _SLUG_STRIP = re.compile(r"[^a-z0-9._-]+")
 # "/" is allowed (LangChain users name namespaces after models, such as
 # "sentence-transformers/all-MiniLM-L6-v2"), but not as an empty, "." or
 # ".." path segment, for stores that map keys to files.
-_NAMESPACE_OK = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,200}$")
+_NAMESPACE_OK = re.compile(r"[A-Za-z0-9._:@+=/-]{1,200}")  # used with fullmatch: no "\n" slips by
 _NAMESPACE_BAD_SEGMENT = re.compile(r"(^|/)(\.{1,2})?(/|$)")
 
 
@@ -55,10 +55,19 @@ class ModelFingerprint:
     document_prompt: str | None = None
     query_prompt: str | None = None
     pooling: str | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
+    # Left out of the hash (a dict has none), so a fingerprint can be a dict
+    # key or a set member; equality still compares it.
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def canonical(self) -> str:
-        """Stable JSON text of the fingerprint (sorted keys, no spaces)."""
+        """Stable JSON text of the fingerprint (sorted keys, no spaces).
+
+        A ``params`` value that is not JSON counts by its text (``str``); a
+        set by its sorted items, so the text is the same in every process.
+        An object with no text of its own (Python's default ``<... at 0x...>``
+        names a memory address, different each run) is a :class:`ConfigError`:
+        it would give the model a new namespace, and miss the cache, every run.
+        """
         data = {
             "model": self.model,
             "revision": self.revision,
@@ -69,10 +78,11 @@ class ModelFingerprint:
             "pooling": self.pooling,
             "params": dict(self.params),
         }
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), default=_as_text)
 
     @property
     def digest(self) -> str:
+        """The 16 hex digits of the key's ``<fingerprint>`` part."""
         return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
     def namespace(self) -> str:
@@ -80,10 +90,12 @@ class ModelFingerprint:
         return f"{slug(self.model)}:{self.digest}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON as a dict (what an index manifest records)."""
         return cast("dict[str, Any]", json.loads(self.canonical()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelFingerprint:
+        """The fingerprint :meth:`to_dict` gave; :class:`ConfigError` if malformed."""
         try:
             return cls(
                 model=str(data["model"]),
@@ -99,6 +111,28 @@ class ModelFingerprint:
             raise ConfigError(f"malformed model fingerprint: {exc}") from exc
 
 
+def _as_text(value: Any) -> str:
+    """JSON's fallback for a ``params`` value: a text that is the same every run."""
+    if isinstance(value, (set, frozenset)) and value:
+        # str() of a set follows its iteration order, which for strings
+        # changes with every process's hash seed. Sorted, the text is the
+        # one str() gives when that order happens to be sorted (small ints).
+        try:
+            items = sorted(value)
+        except TypeError:  # items of mixed types: order them by their text
+            items = sorted(value, key=repr)
+        text = "{" + ", ".join(map(repr, items)) + "}"
+        return f"frozenset({text})" if isinstance(value, frozenset) else text
+    cls = type(value)
+    if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
+        raise ConfigError(
+            f"a fingerprint parameter is a {cls.__name__} with no text of its own; its "
+            "default text names a memory address, so the namespace would change every "
+            "run: pass a JSON value (or an object with a __str__) instead"
+        )
+    return str(value)
+
+
 def slug(name: str) -> str:
     """A readable, key-safe form of a model name (last path part, lower case)."""
     base = name.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -107,7 +141,9 @@ def slug(name: str) -> str:
 
 def check_namespace(namespace: str) -> str:
     """Validate a user-given namespace so keys stay safe for every store."""
-    if not _NAMESPACE_OK.match(namespace) or _NAMESPACE_BAD_SEGMENT.search(namespace):
+    if not isinstance(namespace, str):
+        raise ConfigError(f"namespace must be a str, got {type(namespace).__name__}")
+    if not _NAMESPACE_OK.fullmatch(namespace) or _NAMESPACE_BAD_SEGMENT.search(namespace):
         raise ConfigError(
             f"namespace {namespace!r} must be 1-200 characters of letters, digits and "
             "._:@+=-/ (with no empty, '.' or '..' part between slashes)"
@@ -123,6 +159,40 @@ DIGESTS: dict[str, Digest] = {
     "sha256": hashlib.sha256,
     "blake2b": functools.partial(hashlib.blake2b, digest_size=32),
 }
+
+
+class _NotTextError(InvalidTextError, TypeError):
+    """A text that is not a ``str``: an :class:`InvalidTextError` and a ``TypeError``.
+
+    Callers written against Python's conventions catch ``TypeError``; the
+    rest catch :class:`~cachedvec.errors.CachedVecError` like any other
+    cachedvec error.
+    """
+
+
+def check_texts(texts: Any) -> Sequence[str]:
+    """``texts`` as a sequence, a one-shot iterable (a generator) made a list.
+
+    A single ``str`` (a common slip for ``[text]``) or a non-iterable is an
+    :class:`~cachedvec.errors.InvalidTextError` that is also a ``TypeError``.
+    """
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise _NotTextError("texts must be a list of strings, not a single string")
+    if isinstance(texts, Sequence):
+        return texts
+    try:
+        return list(texts)  # a generator, as LangChain's cache also takes
+    except TypeError:
+        raise _NotTextError(
+            f"texts must be a list of strings, got {type(texts).__name__}"
+        ) from None
+
+
+def check_text(text: Any, where: str = "text") -> str:
+    """``text`` if it is a ``str``, else the error :func:`check_texts` raises."""
+    if not isinstance(text, str):
+        raise _NotTextError(f"{where} is {type(text).__name__}, expected str")
+    return text
 
 
 class KeyEncoder:
@@ -142,7 +212,13 @@ class KeyEncoder:
         self._digest = DIGESTS[algorithm]
 
     def keys(self, texts: Iterable[str]) -> list[str]:
-        """One key per text; non-strings raise ``TypeError`` naming the position."""
+        """One key per text, in order.
+
+        A text that is not a ``str`` or not valid Unicode (a lone surrogate)
+        is an :class:`~cachedvec.errors.InvalidTextError` naming its position
+        (for a non-``str``, one that is also a ``TypeError``).
+        """
+        texts = check_texts(texts)
         prefix, digest = self.prefix, self._digest
         try:
             return [prefix + digest(t.encode("utf-8")).hexdigest() for t in texts]
@@ -150,8 +226,7 @@ class KeyEncoder:
             pass
         # Slow path only to build a precise error message.
         for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+            check_text(t, f"texts[{i}]")
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as exc:
@@ -161,4 +236,5 @@ class KeyEncoder:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def key(self, text: str) -> str:
-        return self.keys([text])[0]
+        """The key of one text (errors as :meth:`keys`)."""
+        return self.keys([check_text(text)])[0]

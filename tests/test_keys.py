@@ -105,3 +105,75 @@ def test_model_names_with_slashes_are_namespaces(good: str) -> None:
 def test_slug_is_readable() -> None:
     assert slug("sentence-transformers/all-MiniLM-L6-v2") == "all-minilm-l6-v2"
     assert slug("/") == "model"
+
+
+@pytest.mark.parametrize("bad", ["ns\n", "ns\r\n", "a/b\n"])
+def test_a_namespace_with_a_trailing_newline_is_refused(bad: str) -> None:
+    # `$` in a regular expression also matches before a final newline.
+    with pytest.raises(ConfigError):
+        check_namespace(bad)
+
+
+def test_a_namespace_that_is_not_a_string_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="must be a str"):
+        check_namespace(5)  # type: ignore[arg-type]
+
+
+def test_texts_of_a_generator_are_checked_once_and_named() -> None:
+    enc = KeyEncoder("ns", "doc")
+    assert enc.keys(t for t in ["a", "b"]) == enc.keys(["a", "b"])
+    with pytest.raises(InvalidTextError, match=r"texts\[1\] is NoneType") as caught:
+        enc.keys(t for t in ["a", None])  # type: ignore[misc]
+    assert isinstance(caught.value, TypeError)  # Python's convention holds too
+    for single in ("abc", b"abc"):
+        with pytest.raises(InvalidTextError, match="single string"):
+            enc.keys(single)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTextError, match="got int"):
+        enc.keys(3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidTextError, match="text is int"):
+        enc.key(3)  # type: ignore[arg-type]
+
+
+def test_fingerprints_are_hashable() -> None:
+    assert len({BASE, ModelFingerprint(**BASE.__dict__), ModelFingerprint(model="x")}) == 2
+
+
+_SET_NAMESPACE = """
+from cachedvec.keys import ModelFingerprint
+labels = {"alpha", "beta", "gamma", "delta"}
+print(ModelFingerprint(model="m", params={"labels": labels}).namespace())
+"""
+
+
+def test_a_set_valued_parameter_gives_the_same_namespace_in_every_process() -> None:
+    # str() of a set of strings follows the process's hash seed.
+    import os
+    import subprocess
+    import sys
+
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", _SET_NAMESPACE],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in range(6)
+    }
+    assert len(seen) == 1
+    # Sets whose order was already stable keep their namespace.
+    ints = ModelFingerprint(model="m", params={"ids": {1, 2, 3}, "f": frozenset({4, 5})})
+    assert '"ids":"{1, 2, 3}"' in ints.canonical() and '"f":"frozenset({4, 5})"' in ints.canonical()
+
+
+def test_a_parameter_whose_text_is_a_memory_address_is_refused() -> None:
+    class Opaque:
+        pass
+
+    with pytest.raises(ConfigError, match="memory address"):
+        ModelFingerprint(model="m", params={"weights": Opaque()}).namespace()
+    # An object with a text of its own counts by that text, as before.
+    from pathlib import Path
+
+    assert '"p":"/x/y"' in ModelFingerprint(model="m", params={"p": Path("/x/y")}).canonical()
