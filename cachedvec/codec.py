@@ -29,6 +29,7 @@ counts it and recomputes it. A damaged value is never a result.
 
 from __future__ import annotations
 
+import numbers
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -87,8 +88,6 @@ class VectorCodec:
     def __init__(self, dim: int | None = None, dtype: Dtype = "float32") -> None:
         if dtype not in _CODES:
             raise ConfigError(f"unknown vector dtype {dtype!r}: use 'float32' or 'float16'")
-        if dim is not None and not (isinstance(dim, int) and 0 < dim < 2**31):
-            raise ConfigError(f"vector dimension must be a positive int, got {dim!r}")
         self.dtype: Dtype = dtype
         self._code = _CODES[dtype]
         self._dtype = _DTYPES[self._code]
@@ -96,7 +95,17 @@ class VectorCodec:
         self._header = b""
         self._size = 0
         if dim is not None:
-            self._fix_dim(dim)
+            self.set_dim(dim)
+
+    def set_dim(self, dim: int) -> None:
+        """Fix the dimension, replacing one learned from stored values.
+
+        The model's output is the authority on its dimension: a codec that
+        learned another one from a stale or foreign value is corrected here.
+        """
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not 0 < dim < 2**31:
+            raise ConfigError(f"vector dimension must be a positive int, got {dim!r}")
+        self._fix_dim(int(dim))
 
     def _fix_dim(self, dim: int) -> None:
         self.dim = dim
@@ -113,7 +122,9 @@ class VectorCodec:
         if vectors.ndim != 2:
             raise CodecError(f"expected a 2-d array of vectors, got shape {vectors.shape}")
         if self.dim is None:
-            self._fix_dim(int(vectors.shape[1]))
+            if vectors.shape[1] == 0:
+                raise CodecError("cannot encode vectors of dimension 0")
+            self.set_dim(int(vectors.shape[1]))
         if vectors.shape[1] != self.dim:
             raise CodecError(f"expected vectors of dim {self.dim}, got {vectors.shape[1]}")
         raw = np.ascontiguousarray(vectors, dtype=self._dtype)
@@ -128,11 +139,13 @@ class VectorCodec:
         """What ``vectors`` decode to after storage: float16 storage rounds them.
 
         Callers return this on a miss so a vector never changes between the
-        call that computed it and the calls that read it back.
+        call that computed it and the calls that read it back. Values beyond
+        float16's range come back infinite: callers must check before storing.
         """
         if self._code == 1:
             return vectors
-        return vectors.astype(self._dtype).astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, for the caller to refuse
+            return vectors.astype(self._dtype).astype(np.float32)
 
     def encode(self, vector: npt.ArrayLike) -> bytes:
         """Encode one vector."""
@@ -215,7 +228,9 @@ class VectorCodec:
         Returns ``(matrix, missing, corrupt)``: row ``i`` of the matrix holds
         ``values[i]`` when it decoded; ``missing`` lists positions whose value
         was ``None`` and ``corrupt`` those that failed a check. Their rows are
-        zero and must be filled by the caller.
+        zero and must be filled by the caller. A codec with no dimension yet
+        takes that of the first value that decodes; when none does, the
+        matrix has no columns.
         """
         n = len(values)
         if None in values:

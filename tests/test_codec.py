@@ -261,3 +261,39 @@ def test_batches_larger_than_one_decode_block(dtype: Dtype) -> None:
     keep[180] = False
     np.testing.assert_array_equal(matrix[keep], expected[keep])
     assert not matrix[180].any()
+
+
+@pytest.mark.parametrize("dim", [0, -1, True, 2**31, 2.0, "8"])
+def test_a_bad_dimension_is_a_config_error(dim: object) -> None:
+    with pytest.raises(ConfigError, match="dimension"):
+        VectorCodec(dim)  # type: ignore[arg-type]
+
+
+def test_a_numpy_integer_dimension_is_accepted() -> None:
+    assert VectorCodec(np.int64(4)).dim == 4  # type: ignore[arg-type]
+
+
+def test_vectors_of_dimension_zero_are_never_encoded() -> None:
+    codec = VectorCodec()
+    with pytest.raises(CodecError, match="dimension 0"):
+        codec.encode(np.array([], np.float32))
+    assert codec.dim is None  # the codec did not learn a dimension of 0
+
+
+def test_set_dim_replaces_a_dimension_learned_from_a_stored_value() -> None:
+    codec = VectorCodec()
+    four, eight = VectorCodec(4).encode(np.ones(4)), VectorCodec(8).encode(np.ones(8))
+    assert codec.decode_many([four, eight])[2] == [1] and codec.dim == 4
+    codec.set_dim(8)
+    matrix, _, corrupt = codec.decode_many([four, eight])
+    assert corrupt == [0] and matrix.shape == (2, 8)
+    np.testing.assert_array_equal(matrix[1], np.ones(8))
+
+
+def test_float16_round_trip_of_out_of_range_values_is_infinite_without_a_warning() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = VectorCodec(2, "float16").round_trip(np.array([[1e6, 1.0]], np.float32))
+    assert np.isinf(out[0, 0]) and out[0, 1] == 1.0
