@@ -93,7 +93,8 @@ def default_nprobe(nlist: int) -> int:
 
 
 def check_metric(metric: str) -> str:
-    if metric not in METRICS:
+    # isinstance first: an unhashable value (a list) would fail the lookup with a TypeError.
+    if not isinstance(metric, str) or metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     return metric
 
@@ -114,8 +115,10 @@ class FaissIndex:
         ef_search: int | None = None,
         nprobe: int | None = None,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        # numpy integers (an array's shape, a model's config) are dimensions too.
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ConfigError(f"dim must be a positive integer, got {dim!r}")
+        dim = int(dim)
         check_metric(metric)
         if not isinstance(factory, str) or not factory.strip():
             raise ConfigError(f"factory must be a FAISS factory string, got {factory!r}")
@@ -267,9 +270,10 @@ class FaissIndex:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{what} must be numeric arrays: {exc}") from exc
         if array.ndim == 1:
-            array = array.reshape(1, -1)
+            # An empty list is no rows (an empty batch), not one row of no values.
+            array = array.reshape(1, -1) if array.size else array.reshape(0, self.dim)
         if array.ndim != 2 or array.shape[1] != self.dim:
-            shape = "x".join(map(str, array.shape))
+            shape = "x".join(map(str, array.shape)) or "() (a single number)"
             raise DimensionError(f"{what} have shape {shape}, the index holds {self.dim}-d vectors")
         if not np.isfinite(array).all():
             bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
@@ -367,7 +371,7 @@ class FaissIndex:
             if params is None:
                 extra = len(self._tombstones)
         fetch = min(k + extra, self.ntotal)
-        if fetch <= 0:
+        if fetch <= 0 or n == 0:
             return (np.empty((n, 0), dtype=np.float32), np.empty((n, 0), dtype=np.int64))
         if self._flat is not None:  # flat indexes remove for real: no tombstones
             # numpy's BLAS threads do the product; FAISS's heaps are faster on

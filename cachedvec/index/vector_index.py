@@ -187,10 +187,21 @@ class VectorIndex:
     # -- writes ------------------------------------------------------------------
 
     def train(self, vectors: npt.ArrayLike) -> None:
-        """Train IVF/PQ/transforms on a sample, before the first add."""
-        matrix = self._faiss.prepare(vectors)
+        """Train IVF/PQ/transforms on a sample, before the first add.
+
+        Refused once the index holds vectors: FAISS would retrain the
+        codebooks under codes already stored with the old ones, and searches
+        would silently return the wrong documents. :meth:`rebuild` retrains.
+        """
+        matrix = self._faiss.prepare(vectors, "training vectors")
         with self._lock.write():
             self._check_open()
+            if self._faiss.ntotal:
+                raise ConfigError(
+                    f"train before the first add: this index already holds "
+                    f"{self._faiss.ntotal} vectors, whose codes new training would garble; "
+                    "rebuild() retrains on the stored vectors"
+                )
             self._faiss.train(matrix)
 
     def add(
@@ -207,16 +218,25 @@ class VectorIndex:
         Ids that exist are replaced (upsert); missing ids (``None``) get a
         random 128-bit hex id. On any error nothing changes.
         """
-        texts = list(texts)
+        texts = _strings("texts", texts)
         n = len(texts)
         matrix = self._faiss.prepare(vectors)
         if len(matrix) != n:
             raise ConfigError(f"got {len(matrix)} vectors for {n} texts")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ConfigError(f"texts[{i}] is {type(text).__name__}, expected str")
+        if self.metric == "cosine":
+            zero = _directionless(matrix)
+            if len(zero):
+                text = texts[zero[0]]
+                raise ConfigError(
+                    f"vectors[{zero[0]}] (for text {text[:40]!r}{'...' if len(text) > 40 else ''}) "
+                    "is a zero vector (or too small to normalise): cosine cannot compare it "
+                    "with anything; leave the text out or use metric 'ip' or 'l2'"
+                )
         metadata_list = [m or {} for m in _same_length("metadatas", metadatas, n, default={})]
         key_list = _same_length("cache_keys", cache_keys, n, default=None)
+        for i, key in enumerate(key_list):
+            if key is not None and not isinstance(key, str):
+                raise ConfigError(f"cache_keys[{i}] is {type(key).__name__}, expected str or None")
         id_list = _document_ids(ids, n)
         if n == 0:
             return []
@@ -242,7 +262,7 @@ class VectorIndex:
 
     def delete(self, ids: Sequence[str]) -> DeleteResult:
         """Delete documents by id; ids not present are reported, not an error."""
-        wanted = list(dict.fromkeys(_check_id(i, p) for p, i in enumerate(ids)))
+        wanted = list(dict.fromkeys(_strings("ids", ids)))
         with self._lock.write():
             self._check_open()
             found = self._docs.vector_ids_of(wanted)
@@ -259,9 +279,10 @@ class VectorIndex:
 
     def delete_sources(self, sources: Sequence[str]) -> DeleteResult:
         """Delete every document whose metadata ``source`` is one of ``sources``."""
+        wanted = _strings("sources", sources)
         with self._lock.read():
             self._check_open()
-            ids = self._docs.ids_of_sources(sources)
+            ids = self._docs.ids_of_sources(wanted)
         return self.delete(ids)
 
     def compact(self) -> None:
@@ -296,15 +317,13 @@ class VectorIndex:
             fresh = FaissIndex(
                 self.dim, metric or self.metric, factory, ef_search=ef_search, nprobe=nprobe
             )
-            if vectors is None:
-                matrix = self._faiss.reconstruct(vector_ids)
-            else:
-                matrix = np.asarray(vectors)
-                if len(matrix) != len(vector_ids):
-                    raise ConfigError(
-                        f"rebuild got {len(matrix)} vectors for {len(vector_ids)} documents"
-                    )
-            matrix = fresh.prepare(matrix)
+            matrix = fresh.prepare(
+                self._faiss.reconstruct(vector_ids) if vectors is None else vectors
+            )
+            if len(matrix) != len(vector_ids):
+                raise ConfigError(
+                    f"rebuild got {len(matrix)} vectors for {len(vector_ids)} documents"
+                )
             if len(matrix):
                 fresh.add(matrix, vector_ids)  # trains first where needed
             self._faiss = fresh
@@ -334,18 +353,20 @@ class VectorIndex:
 
     def get(self, ids: Sequence[str]) -> list[Record]:
         """Records of the ids that exist, in the order asked (each once)."""
+        wanted = _strings("ids", ids)
         with self._lock.read():
             self._check_open()
-            return self._docs.records(list(ids))
+            return self._docs.records(wanted)
 
     def get_vectors(self, ids: Sequence[str]) -> tuple[Matrix, list[int]]:
         """``(vectors of the ids found, positions of the ids not found)``.
 
         Vectors are as stored: normalised for cosine, decoded for PQ.
         """
+        ids = _strings("ids", ids)
         with self._lock.read():
             self._check_open()
-            found = self._docs.vector_ids_of(list(ids))
+            found = self._docs.vector_ids_of(ids)
             positions = [p for p, i in enumerate(ids) if i in found]
             vector_ids = np.array([found[ids[p]] for p in positions], dtype=np.int64)
             matrix = self._faiss.reconstruct(vector_ids)
@@ -428,7 +449,7 @@ class VectorIndex:
         """
         matrix = self._faiss.prepare(queries, what)
         if self.metric == "cosine":
-            short = np.flatnonzero(np.einsum("ij,ij->i", matrix, matrix) < 0.5)
+            short = _directionless(matrix)
             if len(short):
                 raise ConfigError(
                     f"{what}[{short[0]}] is a zero vector (or too small to normalise): it has no "
@@ -463,9 +484,11 @@ class VectorIndex:
             return empty.astype(np.float32), empty.astype(np.int64)
         reranker = self._active_reranker()
         factor = self._rerank if reranker is not None and self._rerank else 1
-        wanted = k * factor
+        # Never more than exist: result arrays are allocated k wide, and a
+        # huge k (``k=len(everything)`` on a guess) must not become terabytes.
+        wanted = min(k * factor, self._count)
         if predicate is None:
-            scores, ids = self._unfiltered(matrix, min(wanted, self._count))
+            scores, ids = self._unfiltered(matrix, wanted)
         else:
             scores, ids = self._filtered(matrix, wanted, predicate, fetch_k)
         if reranker is None:
@@ -786,6 +809,28 @@ def _check_id(value: Any, position: int) -> str:
     return value
 
 
+def _strings(name: str, values: Any) -> list[str]:
+    """A list of strings; a lone string is refused, not read as its characters.
+
+    ``delete("doc-1")`` would otherwise delete the documents "d", "o", "c"...
+    """
+    if isinstance(values, (str, bytes)) or values is None:
+        raise ConfigError(f"{name} must be a list of strings, got {type(values).__name__}")
+    try:
+        items = list(values)
+    except TypeError as exc:
+        raise ConfigError(f"{name} must be a list of strings: {exc}") from exc
+    for position, value in enumerate(items):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}[{position}] is {type(value).__name__}, expected str")
+    return items
+
+
+def _directionless(matrix: Matrix) -> npt.NDArray[np.intp]:
+    """Rows that normalising left short of unit length: zero, or too small for float32."""
+    return np.flatnonzero(np.einsum("ij,ij->i", matrix, matrix) < 0.5)
+
+
 def _random_ids(n: int) -> list[str]:
     """``n`` random 128-bit ids as 32 hex digits (uuid4().hex costs 5x more)."""
     digits = os.urandom(16 * n).hex()
@@ -795,6 +840,9 @@ def _random_ids(n: int) -> list[str]:
 def _document_ids(ids: Sequence[str | None] | None, n: int) -> list[str]:
     if ids is None:
         return _random_ids(n)
+    if isinstance(ids, (str, bytes)):
+        raise ConfigError(f"ids must be a list of strings, got {type(ids).__name__}")
+    ids = list(ids)
     if len(ids) != n:
         raise ConfigError(f"got {len(ids)} ids for {n} texts")
     fresh = iter(_random_ids(sum(i is None for i in ids)))
@@ -808,6 +856,10 @@ def _document_ids(ids: Sequence[str | None] | None, n: int) -> list[str]:
 def _same_length(name: str, values: Sequence[Any] | None, n: int, default: Any) -> list[Any]:
     if values is None:
         return [default] * n
+    if isinstance(values, (str, bytes, dict)):
+        raise ConfigError(
+            f"{name} must be a list with one entry per text, got {type(values).__name__}"
+        )
     values = list(values)
     if len(values) != n:
         raise ConfigError(f"got {len(values)} {name} for {n} texts")
