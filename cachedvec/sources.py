@@ -15,8 +15,10 @@ so chunk boundaries follow headings, paragraphs and sentences.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,8 @@ TEXT_SUFFIXES = {
     ".jsonl": "jsonl",
 }
 _SNIFF = 8192
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,13 @@ class Source:
 
 
 def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Every supported file under ``paths`` (files named directly are always kept)."""
+    """Every supported file under ``paths`` (files named directly are always kept).
+
+    Only regular files are read: a named pipe would block the run forever
+    and a device never ends, so one named directly is a :class:`SourceError`,
+    and one met in a folder (or a broken symlink, a file that is gone) is
+    skipped with a warning.
+    """
     found: dict[Path, None] = {}
     for given in paths:
         path = Path(given).expanduser()
@@ -72,11 +82,18 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if path.is_file():
             found[path.resolve()] = None
             continue
+        if not path.is_dir():
+            raise SourceError(f"{given} is not a regular file or a folder; only files are ingested")
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in TEXT_SUFFIXES:
-                    found[(Path(dirpath) / name).resolve()] = None
+                if name.startswith(".") or Path(name).suffix.lower() not in TEXT_SUFFIXES:
+                    continue
+                file = Path(dirpath) / name
+                if file.is_file():
+                    found[file.resolve()] = None
+                else:
+                    log.warning("skipping %s: not a regular file (a pipe, or a broken link)", file)
     return list(found)
 
 
@@ -86,6 +103,10 @@ def read_source(path: Path) -> Source:
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        raise SourceError(f"{path} is UTF-32 text; only UTF-8 is ingested (convert it first)")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise SourceError(f"{path} is UTF-16 text; only UTF-8 is ingested (convert it first)")
     if b"\x00" in data[:_SNIFF]:
         raise SourceError(f"{path} looks binary (it contains NUL bytes); only text is ingested")
     try:

@@ -9,6 +9,7 @@ with the bundled model's namespace filled in advance (see
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,34 @@ def test_a_byte_order_mark_does_not_break_the_first_json_line(tmp_path: Path) ->
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "first row", "k": "v"}).encode())
     assert chunks_of(path) == [("first row", {"k": "v", "source": str(path.resolve())})]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name"), [("utf-16", "UTF-16"), ("utf-32", "UTF-32")], ids=["utf16", "utf32"]
+)
+def test_utf16_and_utf32_files_are_named_as_such(tmp_path: Path, encoding: str, name: str) -> None:
+    # Windows tools write UTF-16 with a byte-order mark; "looks binary" would mislead.
+    path = tmp_path / "notes.txt"
+    path.write_bytes("Windows notes".encode(encoding))
+    with pytest.raises(SourceError, match=f"is {name} text; only UTF-8 is ingested"):
+        read_source(path)
+
+
+def test_a_named_pipe_in_a_folder_is_skipped_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Reading a FIFO blocks until someone writes to it: the run would hang forever.
+    (tmp_path / "a.txt").write_text("a file", "utf-8")
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "gone.md").symlink_to(tmp_path / "deleted.md")
+    with caplog.at_level("WARNING", logger="cachedvec"):
+        assert find_files([tmp_path]) == [(tmp_path / "a.txt").resolve()]
+    skipped = [r.getMessage() for r in caplog.records]
+    assert any("pipe.txt: not a regular file" in m for m in skipped)
+    assert any("gone.md: not a regular file" in m for m in skipped)
+
+
+def test_a_named_pipe_named_directly_is_a_source_error(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(SourceError, match="pipe.txt is not a regular file or a folder"):
+        find_files([tmp_path / "pipe.txt"])
