@@ -9,6 +9,7 @@ from typing import Any
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.index import Hit, VectorIndex, read_manifest
 from cachedvec.index.rerank import check_rerank, needless_rerank
+from cachedvec.index.vector_index import check_search_options
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, record_run
 from cachedvec.stores import open_store
 
@@ -31,7 +32,10 @@ def query(
     The index's saved re-rank setting (or ``rerank``) re-ranks from ``store``.
     """
     read_manifest(index)  # with nothing ingested yet, say that before anything about the cache
-    check_rerank(rerank)  # a bad factor is refused as such, before any loading
+    # Bad options are refused before any loading: checked by the search, they
+    # came after the model call and after the question was written to the cache.
+    check_rerank(rerank)
+    check_search_options(k, filter, None)
     # The cache must exist: a mistyped URL would otherwise start an empty one,
     # miss every re-rank vector and cache the question where no one looks.
     with open_store(store, create=False) as opened, CachedEmbeddings(model, opened) as emb:

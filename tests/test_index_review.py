@@ -5,13 +5,18 @@ Real FAISS, real files; exact answers come from numpy brute force.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import CachedVecError, ConfigError, DimensionError
 from cachedvec.index import VectorIndex
+from cachedvec.search import query
+from cachedvec.testing import FakeEmbeddings
+from cachedvec.vectorstore import CachedVectorStore
 from tests.test_index import DIM, assert_consistent, build, exact_top_k, ids_of, random_vectors
 
 # -- zero vectors under cosine ------------------------------------------------------
@@ -160,3 +165,30 @@ def test_every_bad_argument_is_a_cachedvec_error() -> None:
         with pytest.raises(CachedVecError):
             attempt()
     assert len(index) == 30
+
+
+# -- the query job ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"k": 0}, {"k": "5"}, {"filter": {"topic": {"$regex": "x"}}}, {"filter": "topic"}],
+    ids=["k-zero", "k-text", "bad-operator", "not-a-filter"],
+)
+def test_query_refuses_bad_options_before_embedding_or_writing(
+    options: dict[str, Any], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path}/cache.db"
+    texts = ["kettle descaling", "vacation rules", "printer toner"]
+    with CachedEmbeddings(FakeEmbeddings(16), url) as emb:
+        store = CachedVectorStore(emb)
+        store.add_texts(texts, [{"topic": "a"}] * 3)
+        store.save(tmp_path / "idx")
+        store.close()
+    model = FakeEmbeddings(16)
+    with pytest.raises(CachedVecError):
+        query("how to descale", index=tmp_path / "idx", store=url, model=model, **options)
+    assert model.calls == 0
+    # The question was not cached either: asking it properly computes it.
+    hits, cached = query("how to descale", k=2, index=tmp_path / "idx", store=url, model=model)
+    assert len(hits) == 2 and not cached and model.calls == 1
