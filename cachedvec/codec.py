@@ -32,6 +32,7 @@ from __future__ import annotations
 import numbers
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -169,8 +170,8 @@ class VectorCodec:
             raise CodecError(f"vector format version {version} is not supported")
         if code not in _DTYPES:
             raise CodecError(f"unknown dtype code {code}")
-        if self.dim is not None and dim != self.dim:
-            raise CodecError(f"vector has dim {dim}, expected {self.dim}")
+        if dim == 0 or (self.dim is not None and dim != self.dim):
+            raise CodecError(f"vector has dim {dim}, expected {self.dim or 'at least 1'}")
         check_size, intact = _CHECKS[version]
         if len(value) != HEADER.size + dim * _DTYPES[code].itemsize + check_size:
             raise CodecError("value is truncated or has trailing bytes")
@@ -180,14 +181,21 @@ class VectorCodec:
         return vec if code == 1 else vec.astype(np.float32)
 
     def _learn_dim(self, values: Sequence[bytes | None]) -> None:
-        """Fix the dimension from the first value that decodes cleanly."""
-        for v in values:
-            if v is not None:
-                try:
-                    self._fix_dim(len(self.decode(v)))
-                    return
-                except CodecError:
-                    continue
+        """Fix the dimension most values claim, from the first of them that decodes cleanly.
+
+        The most common one, not the first: one stale value of another
+        dimension must not make every other value of the batch corrupt.
+        """
+        claims = Counter(self.peek_dim(v) for v in values if v is not None)
+        claims.pop(None, None)
+        for dim, _ in claims.most_common():
+            for v in values:
+                if v is not None and self.peek_dim(v) == dim:
+                    try:
+                        self._fix_dim(len(self.decode(v)))
+                        return
+                    except CodecError:
+                        continue
 
     def _decode_into(self, values: Sequence[bytes], out: Matrix, rows: list[int] | None) -> bool:
         """Decode ``values`` into ``out`` (row ``rows[i]``, or ``i`` if ``rows`` is None).

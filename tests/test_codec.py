@@ -297,3 +297,21 @@ def test_float16_round_trip_of_out_of_range_values_is_infinite_without_a_warning
         warnings.simplefilter("error")
         out = VectorCodec(2, "float16").round_trip(np.array([[1e6, 1.0]], np.float32))
     assert np.isinf(out[0, 0]) and out[0, 1] == 1.0
+
+
+def test_the_most_common_dimension_is_learned_not_the_first() -> None:
+    stale = VectorCodec(4).encode(np.ones(4))
+    good = VectorCodec(8).encode_many(np.arange(24, dtype=np.float32).reshape(3, 8))
+    codec = VectorCodec()
+    matrix, _, corrupt = codec.decode_many([stale, *good])
+    assert codec.dim == 8 and corrupt == [0]
+    np.testing.assert_array_equal(matrix[1:], np.arange(24).reshape(3, 8))
+
+
+def test_an_intact_value_of_dimension_zero_is_corrupt() -> None:
+    body = HEADER.pack(b"CV", 2, 1, 0)
+    value = body + struct.pack("<Q", xxh3_64_intdigest(body))
+    codec = VectorCodec()
+    with pytest.raises(CodecError, match="dim 0"):
+        codec.decode(value)
+    assert codec.decode_many([value])[2] == [0] and codec.dim is None
