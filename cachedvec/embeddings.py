@@ -9,12 +9,19 @@ crash loses at most the batch in flight, and a bad batch writes nothing.
 
 The sync and async methods share every step but the I/O: a :class:`_Lookup`
 holds one call's state and the two drivers only differ in what they await.
+
+Errors: bad input and unusable model output raise
+:class:`~cachedvec.errors.CachedVecError` subclasses before anything is
+written. An exception raised *by the model itself* (a provider's rate limit,
+a timeout, a CUDA out-of-memory) propagates unchanged, as from LangChain's
+``CacheBackedEmbeddings``, so code that catches or retries the provider's
+exceptions keeps working; the batches finished before it stay cached.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -24,8 +31,15 @@ from langchain_core.stores import BaseStore, ByteStore
 
 from cachedvec.codec import Dtype, Matrix, VectorCodec
 from cachedvec.errors import ConfigError, ModelOutputError, check_count
-from cachedvec.keys import KeyEncoder, Kind, ModelFingerprint, check_namespace
-from cachedvec.models import EmbeddingModel, as_model
+from cachedvec.keys import (
+    KeyEncoder,
+    Kind,
+    ModelFingerprint,
+    check_namespace,
+    check_text,
+    check_texts,
+)
+from cachedvec.models import EmbeddingModel, _as_matrix, as_model
 from cachedvec.stores import open_store
 from cachedvec.stores.path_keys import PathSafeKeys, needs_path_safe_keys
 
@@ -62,23 +76,38 @@ class CacheStats:
 class _Lookup:
     """One call's state: unique texts, their keys, and the matrix being filled."""
 
-    __slots__ = ("texts", "unique", "keys", "matrix", "todo")
+    __slots__ = ("texts", "unique", "keys", "values", "matrix", "todo", "done", "counted")
 
     def __init__(self, texts: Sequence[str], encoder: KeyEncoder) -> None:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings, not a single string")
-        if not isinstance(texts, Sequence):
-            texts = list(texts)  # a generator, as LangChain's cache also takes
+        texts = check_texts(texts)
         self.texts = texts
-        # dict.fromkeys keeps first-seen order and runs at C speed.
-        self.unique = list(dict.fromkeys(texts)) if texts else []
+        try:
+            # dict.fromkeys keeps first-seen order and runs at C speed.
+            self.unique = list(dict.fromkeys(texts)) if texts else []
+        except TypeError:  # an unhashable item: the key encoder names it
+            encoder.keys(texts)
+            raise
         self.keys = encoder.keys(self.unique)
+        self.values: Sequence[bytes | None] = []  # what the store returned
         self.matrix: Matrix = np.empty((0, 0), np.float32)
-        self.todo: list[int] = []  # positions in `unique` still to compute
+        self.todo: list[int] = []  # positions in `unique` to compute, in order
+        self.done = 0  # how many of `todo` have gone to the model
+        # (hits, misses, corrupt, bytes read) this call added to the stats.
+        self.counted: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class CachedEmbeddings(Embeddings):
     """A LangChain ``Embeddings`` that caches every vector in a byte store.
+
+    Exceptions: invalid arguments and texts raise
+    :class:`~cachedvec.errors.CachedVecError` subclasses (a text that is not
+    a ``str`` is an :class:`~cachedvec.errors.InvalidTextError` that is also
+    a ``TypeError``); model output of the wrong count, dimension or type, or
+    with NaN or infinite values, is a :class:`~cachedvec.errors.ModelOutputError`
+    and nothing of that batch is cached. Exceptions raised by the model
+    itself are not wrapped: they reach the caller unchanged (catch your
+    provider's rate-limit error as you would without the cache), and every
+    batch finished before them stays cached.
 
     Args:
         model: ``None`` for the bundled all-MiniLM-L6-v2, a sentence-transformers
@@ -111,18 +140,27 @@ class CachedEmbeddings(Embeddings):
         query_store: ByteStore | str | None = None,
     ) -> None:
         check_count("batch_size", batch_size)
+        # Every argument is checked before a store is opened: a bad one
+        # leaves no connection or file handle behind.
         self.model: EmbeddingModel = as_model(model)
         self.batch_size = batch_size
         self.cache_queries = cache_queries
-        self._owned: list[Any] = []
-        self.store = self._open(store)
-        self.query_store = self.store if query_store is None else self._open(query_store)
         fp = self.model.fingerprint
         self.namespace = check_namespace(namespace) if namespace else fp.namespace()
         self._doc_keys = KeyEncoder(self.namespace, "doc", key_algorithm)
         self._query_keys = KeyEncoder(self.namespace, "query", key_algorithm)
         self.codec = VectorCodec(fp.dim, dtype)
+        # Whether the codec's dimension is the model's (from its fingerprint
+        # or its output), not one learned from a stored value.
+        self._dim_settled = fp.dim is not None
         self.stats = CacheStats()
+        self._owned: list[Any] = []
+        try:
+            self.store = self._open(store)
+            self.query_store = self.store if query_store is None else self._open(query_store)
+        except BaseException:
+            self.close()
+            raise
 
     def _open(self, store: ByteStore | str) -> ByteStore:
         if isinstance(store, str):
@@ -143,11 +181,13 @@ class CachedEmbeddings(Embeddings):
         *,
         namespace: str = "",
         batch_size: int | None = None,
-        query_embedding_cache: bool | ByteStore = True,
+        query_embedding_cache: bool | ByteStore | None = True,
         key_encoder: str = "sha256",
     ) -> CachedEmbeddings:
         """LangChain's ``CacheBackedEmbeddings.from_bytes_store`` arguments.
 
+        ``query_embedding_cache`` is ``True`` (queries cached in the document
+        store), ``False`` or ``None`` (not cached), or a store of their own.
         Differences, on purpose: an empty ``namespace`` means "derive it from
         the model" (not "no namespace"), query caching is on by default, and
         the key digest must be ``sha256`` or ``blake2b``.
@@ -163,7 +203,8 @@ class CachedEmbeddings(Embeddings):
             namespace=namespace or None,
             batch_size=256 if batch_size is None else batch_size,  # 0 is refused, not 256
             key_algorithm=key_encoder,
-            cache_queries=query_embedding_cache is not False,
+            # LangChain's own test: None and False both turn query caching off.
+            cache_queries=query_embedding_cache is not False and query_embedding_cache is not None,
             query_store=None if isinstance(query_embedding_cache, bool) else query_embedding_cache,
         )
 
@@ -182,6 +223,7 @@ class CachedEmbeddings(Embeddings):
         return self._doc_keys.keys(texts)
 
     def query_keys(self, texts: Sequence[str]) -> list[str]:
+        """The cache key of each query text (in the query namespace)."""
         return self._query_keys.keys(texts)
 
     # ----------------------------------------------------------- shared steps
@@ -190,30 +232,66 @@ class CachedEmbeddings(Embeddings):
 
     def _absorb(self, call: _Lookup, values: Sequence[bytes | None]) -> None:
         """Decode what the store returned; note what must be computed."""
-        matrix, missing, corrupt = self.codec.decode_many(values)
-        hits = len(values) - len(missing) - len(corrupt)
-        stats = self.stats
-        stats.hits += hits
-        stats.misses += len(missing) + len(corrupt)
-        stats.corrupt += len(corrupt)
-        stats.duplicates += len(call.texts) - len(call.unique)
-        stats.bytes_read += hits * self.codec.value_size
-        call.matrix = matrix
-        call.todo = sorted(missing + corrupt) if corrupt else missing
+        self.stats.duplicates += len(call.texts) - len(call.unique)
+        call.values = values
+        self._decode(call)
 
-    def _batches(self, call: _Lookup) -> Iterator[list[int]]:
-        todo, size = call.todo, self.batch_size
-        for start in range(0, len(todo), size):
-            yield todo[start : start + size]
+    def _decode(self, call: _Lookup) -> None:
+        """(Re)decode the call's stored values; bring the stats and the to-do list up to date.
+
+        Run again when the model's first output shows that the dimension the
+        codec learned from a stored value was not the model's: the values
+        are then read under the right one, and those of the wrong one join
+        the to-do list as corrupt. Positions already sent to the model stay
+        computed and never count as hits.
+        """
+        matrix, missing, corrupt = self.codec.decode_many(call.values)
+        sent = call.todo[: call.done]
+        if sent:
+            taken = set(sent)
+            needed = sorted(i for i in missing + corrupt if i not in taken)
+            hits = len(call.values) - len(needed) - len(sent)
+        else:
+            needed = sorted(missing + corrupt) if corrupt else missing
+            hits = len(call.values) - len(needed)
+        counted = (hits, len(call.values) - hits, len(corrupt), hits * self.codec.value_size)
+        stats, before = self.stats, call.counted
+        stats.hits += counted[0] - before[0]
+        stats.misses += counted[1] - before[1]
+        stats.corrupt += counted[2] - before[2]
+        stats.bytes_read += counted[3] - before[3]
+        call.counted = counted
+        call.matrix = matrix
+        call.todo = sent + needed
+
+    def _next_batch(self, call: _Lookup) -> list[int]:
+        """The next positions for the model (empty when done); ``todo`` may grow meanwhile."""
+        batch = call.todo[call.done : call.done + self.batch_size]
+        call.done += len(batch)
+        return batch
 
     def _accept(self, call: _Lookup, batch: list[int], vectors: Any) -> list[tuple[str, bytes]]:
         """Validate one batch of model output, place it, and encode it for the store."""
-        vectors = self.codec.round_trip(_validated(vectors, len(batch), self.codec.dim))
-        if call.matrix.shape[1] != vectors.shape[1]:
-            # First vectors ever seen: the matrix is only now sized.
-            call.matrix = np.zeros((len(call.unique), vectors.shape[1]), np.float32)
-        call.matrix[batch] = vectors
-        values = self.codec.encode_many(vectors)
+        settled = self._dim_settled
+        vectors = _validated(vectors, len(batch), self.codec.dim if settled else None)
+        stored = self.codec.round_trip(vectors)
+        if stored is not vectors and not np.isfinite(stored).all():
+            raise ModelOutputError(
+                "model returned values beyond float16's range (65504); nothing was cached: "
+                "use dtype='float32'"
+            )
+        if not settled:
+            # The model's first output fixes the dimension, over any a stored
+            # value suggested.
+            self.codec.set_dim(stored.shape[1])
+            self._dim_settled = True
+        if call.matrix.shape[1] != stored.shape[1]:
+            # The call's values were read under no or another dimension. This
+            # can only be its first batch: from then on the matrix has the
+            # model's width, and a settled dimension refuses any other.
+            self._decode(call)
+        call.matrix[batch] = stored
+        values = self.codec.encode_many(stored)
         self.stats.computed += len(batch)
         return [(call.keys[i], v) for i, v in zip(batch, values, strict=True)]
 
@@ -238,7 +316,7 @@ class CachedEmbeddings(Embeddings):
         embed = (
             self.model.embed_documents_array if kind == "doc" else self.model.embed_queries_array
         )
-        for batch in self._batches(call):
+        while batch := self._next_batch(call):
             pairs = self._accept(call, batch, embed([call.unique[i] for i in batch]))
             if use_cache:
                 store.mset(pairs)
@@ -255,21 +333,22 @@ class CachedEmbeddings(Embeddings):
 
     def embed_query_array(self, text: str) -> Matrix:
         """Embed one query into a ``(dim,)`` float32 vector."""
-        if not isinstance(text, str):
-            raise TypeError(f"text is {type(text).__name__}, expected str")
-        return self._embed([text], "query")[0]
+        return self._embed([check_text(text)], "query")[0]
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents as lists of floats (LangChain's interface)."""
         return cast("list[list[float]]", self._embed(texts, "doc").tolist())
 
     def embed_query(self, text: str) -> list[float]:
+        """Embed one query as a list of floats (LangChain's interface)."""
         return cast("list[float]", self.embed_query_array(text).tolist())
 
     def get_vectors(self, keys: Sequence[str]) -> tuple[Matrix, list[int]]:
         """Read cached vectors by key with no model call.
 
         Returns the matrix and the positions that are missing or corrupt (their
-        rows are zero). This is how an index is rebuilt from the cache.
+        rows are zero; with no dimension known yet and nothing readable, the
+        matrix has no columns). This is how an index is rebuilt from the cache.
         """
         matrix, missing, corrupt = self.codec.decode_many(self.store.mget(list(keys)))
         return matrix, sorted(missing + corrupt)
@@ -283,7 +362,7 @@ class CachedEmbeddings(Embeddings):
         store = self.store if kind == "doc" else self.query_store
         self._absorb(call, await store.amget(call.keys) if use_cache else [None] * len(call.keys))
         embed = _async_embedder(self.model, kind)
-        for batch in self._batches(call):
+        while batch := self._next_batch(call):
             pairs = self._accept(call, batch, await embed([call.unique[i] for i in batch]))
             if use_cache:
                 await store.amset(pairs)
@@ -291,17 +370,23 @@ class CachedEmbeddings(Embeddings):
         return self._result(call)
 
     async def aembed_documents_array(self, texts: Sequence[str]) -> Matrix:
+        """Async :meth:`embed_documents_array`."""
         return await self._aembed(texts, "doc")
 
+    async def aembed_queries_array(self, texts: Sequence[str]) -> Matrix:
+        """Async :meth:`embed_queries_array`."""
+        return await self._aembed(texts, "query")
+
     async def aembed_query_array(self, text: str) -> Matrix:
-        if not isinstance(text, str):
-            raise TypeError(f"text is {type(text).__name__}, expected str")
-        return (await self._aembed([text], "query"))[0]
+        """Async :meth:`embed_query_array`."""
+        return (await self._aembed([check_text(text)], "query"))[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Async :meth:`embed_documents`."""
         return cast("list[list[float]]", (await self._aembed(texts, "doc")).tolist())
 
     async def aembed_query(self, text: str) -> list[float]:
+        """Async :meth:`embed_query`."""
         return cast("list[float]", (await self.aembed_query_array(text)).tolist())
 
     # ------------------------------------------------------------ lifecycle
@@ -336,18 +421,20 @@ def _async_embedder(model: EmbeddingModel, kind: Kind) -> Callable[[list[str]], 
 
 
 def _validated(vectors: Any, count: int, dim: int | None) -> Matrix:
-    """Model output as an ``(count, dim)`` finite float32 matrix, or a clear error."""
-    try:
-        arr = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ModelOutputError(f"model output is not a matrix of numbers: {exc}") from exc
+    """Model output as an ``(count, dim)`` finite float32 matrix, or a clear error.
+
+    Only real numbers are vectors: strings (even ``"1.5"``), booleans,
+    complex numbers and objects are refused rather than converted.
+    """
+    arr = _as_matrix(vectors)
     if arr.ndim != 2 or arr.shape[0] != count:
         raise ModelOutputError(
             f"model returned {arr.shape[0] if arr.ndim else 0} vectors (shape {arr.shape}) "
             f"for {count} texts"
         )
     if arr.shape[1] == 0 or (dim is not None and arr.shape[1] != dim):
-        raise ModelOutputError(f"model returned vectors of dim {arr.shape[1]}, expected {dim}")
+        expected = f", expected {dim}" if dim is not None else ""
+        raise ModelOutputError(f"model returned vectors of dim {arr.shape[1]}{expected}")
     if not np.isfinite(arr).all():
         raise ModelOutputError("model returned NaN or infinite values; nothing was cached")
     return arr

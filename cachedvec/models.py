@@ -13,6 +13,13 @@ adapts what users hand us:
 Fingerprints of sentence-transformers models are read from the model's files
 (weights digest, pooling, normalisation, prompts) without importing torch,
 so checking the cache never pays for loading a model it does not need.
+
+Errors: a model that cannot be found, fingerprinted or loaded is a
+:class:`~cachedvec.errors.ModelError`; output that is not a matrix of real
+numbers is a :class:`~cachedvec.errors.ModelOutputError`. An exception the
+model raises while embedding (a provider's rate limit, a timeout, torch
+running out of memory) is not wrapped: it reaches the caller unchanged, as
+it would without cachedvec, so it can be caught and retried by its own type.
 """
 
 from __future__ import annotations
@@ -75,15 +82,30 @@ def _weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _load_json(path: Path) -> Any:
+    """A model file's JSON; ``None`` if it does not exist; :class:`ModelError` if unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
+            return json.load(f)
     except FileNotFoundError:
-        return {}
+        return None
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot read model file {path}: {exc}") from exc
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data = _load_json(path)
+    return data if isinstance(data, dict) else {}
+
+
+def _read_modules(folder: Path) -> list[dict[str, Any]]:
+    """The module list of ``modules.json`` (empty when there is none)."""
+    modules = _load_json(folder / "modules.json")
+    if modules is None:
+        return []
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise ModelError(f"cannot read model file {folder / 'modules.json'}: not a list of modules")
+    return modules
 
 
 def _sentence_transformer_fingerprint(
@@ -95,11 +117,7 @@ def _sentence_transformer_fingerprint(
     query_prompt: str | None,
 ) -> ModelFingerprint:
     """Fingerprint a sentence-transformers folder from its files alone."""
-    modules = (
-        json.loads((folder / "modules.json").read_text("utf-8"))
-        if (folder / "modules.json").exists()
-        else []
-    )
+    modules = _read_modules(folder)
     pooling, dim = None, _read_json(folder / "config.json").get("hidden_size")
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -197,18 +215,17 @@ class SentenceTransformerModel:
         return self._model
 
     def _encode(self, texts: Sequence[str], prompt: str | None) -> np.ndarray:
-        try:
-            out = self.model.encode(
-                list(texts),
-                batch_size=self.batch_size,
-                prompt=prompt,
-                normalize_embeddings=self.normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        except Exception as exc:
-            raise ModelError(f"model {self.name} failed to embed: {exc}") from exc
-        return np.asarray(out, dtype=np.float32)
+        # What encode() raises is not wrapped (see the module docstring): a
+        # caller catches torch's out-of-memory error by its own type.
+        out = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            prompt=prompt,
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return _as_matrix(out)
 
     def embed_documents_array(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode(texts, self.document_prompt)
@@ -326,14 +343,23 @@ def _warn_opaque(owner: Any, names: list[str]) -> None:
 
 
 class LangChainModel:
-    """Adapts any LangChain ``Embeddings`` to the array protocol."""
+    """Adapts any LangChain ``Embeddings`` to the array protocol.
 
-    def __init__(self, embeddings: Embeddings, *, fingerprint: ModelFingerprint | None = None):
+    The fingerprint is ``fingerprint`` if given, else the object's own
+    ``fingerprint`` attribute when that is a :class:`ModelFingerprint`, else
+    its class and public settings. Exceptions of the wrapped model pass
+    through unchanged.
+    """
+
+    def __init__(
+        self, embeddings: Embeddings, *, fingerprint: ModelFingerprint | None = None
+    ) -> None:
         self.embeddings = embeddings
         cls = type(embeddings)
-        self.fingerprint = (
+        own = getattr(embeddings, "fingerprint", None)
+        self.fingerprint: ModelFingerprint = (
             fingerprint
-            or getattr(embeddings, "fingerprint", None)
+            or (own if isinstance(own, ModelFingerprint) else None)
             or ModelFingerprint(
                 model=f"{cls.__module__}/{cls.__qualname__}", params=_public_params(embeddings)
             )
@@ -356,12 +382,21 @@ class LangChainModel:
 
 
 def _as_matrix(vectors: Any) -> np.ndarray:
+    """Model output as a float32 array; anything but real numbers is a :class:`ModelOutputError`.
+
+    Strings (even ``"1.5"``), booleans and complex numbers are refused rather
+    than converted. The shape and finiteness are checked by the caller.
+    """
     try:
-        return np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+        given = np.asarray(vectors)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ModelOutputError(
             f"model returned something that is not a list of vectors: {exc}"
         ) from exc
+    if given.dtype.kind not in "fiu":
+        raise ModelOutputError(f"model returned something that is not numbers ({given.dtype})")
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused by the caller
+        return given.astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=1)
@@ -395,10 +430,15 @@ def as_model(model: Any) -> EmbeddingModel:
         if model == "default" or _is_bundled(model):
             return default_model()
         return SentenceTransformerModel(model)
-    if isinstance(model, EmbeddingModel):
+    if isinstance(model, EmbeddingModel) and isinstance(model.fingerprint, ModelFingerprint):
         return model
     if isinstance(model, Embeddings):
         return LangChainModel(model)
+    if isinstance(model, EmbeddingModel):
+        raise ConfigError(
+            f"{type(model).__name__}.fingerprint must be a cachedvec ModelFingerprint, "
+            f"got {type(model.fingerprint).__name__}"
+        )
     if type(model).__name__ == "SentenceTransformer":
         return _wrap_loaded_sentence_transformer(model)
     raise ConfigError(

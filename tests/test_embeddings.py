@@ -13,7 +13,13 @@ import pytest
 from langchain_core.embeddings import Embeddings
 
 from cachedvec import CachedEmbeddings, open_store
-from cachedvec.errors import ConfigError, InvalidKeyError, InvalidTextError, ModelOutputError
+from cachedvec.errors import (
+    CachedVecError,
+    ConfigError,
+    InvalidKeyError,
+    InvalidTextError,
+    ModelOutputError,
+)
 from cachedvec.stores.base import CachedVecStore
 from cachedvec.testing import FakeEmbeddings
 from tests.conftest import PERSISTENT_KINDS, store_url
@@ -417,3 +423,233 @@ def test_namespaces_of_langchain_models_stay_put(caplog: pytest.LogCaptureFixtur
         model = CachedEmbeddings(openai.OpenAIEmbeddings.model_construct(model="x")).model
     assert "allowed_special" not in model.fingerprint.params
     assert not [r for r in caplog.records if r.name == "cachedvec.models"]
+
+
+# ----------------------------------------------- found in review, with their fixes
+
+
+class _Dimless(Embeddings):
+    """A LangChain model whose fingerprint has no dimension (as most providers'),
+    recording the texts it embeds (in a private attribute: not a setting)."""
+
+    def __init__(self, dim: int) -> None:
+        self.size = dim
+        self._fake = FakeEmbeddings(dim)
+        self._seen: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self._seen.extend(texts)
+        return self._fake.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self._seen.append(text)
+        return self._fake.embed_query(text)
+
+
+def test_a_stored_value_of_another_dimension_never_poisons_a_dimensionless_model(
+    any_store: CachedVecStore,
+) -> None:
+    # The codec used to learn its dimension from the first stored value: one
+    # 4-d value (a namespace shared with another model) made every 8-d value
+    # corrupt and every model output a ModelOutputError, for the object's life.
+    texts = ["a", "b", "c", "d"]
+    emb = CachedEmbeddings(_Dimless(8), any_store)
+    truth = emb.embed_documents_array(texts)
+    stale = CachedEmbeddings(FakeEmbeddings(4)).codec.encode(np.ones(4))
+    key = emb.document_keys(["a"])[0]
+    any_store.mset([(key, stale)])
+    model = _Dimless(8)
+    emb = CachedEmbeddings(model, any_store)
+    np.testing.assert_array_equal(emb.embed_documents_array(texts), truth)
+    assert model._seen == ["a"]
+    assert (emb.stats.hits, emb.stats.misses, emb.stats.corrupt) == (3, 1, 1)
+    assert emb.stats.computed == 1
+
+    # The stale value alone in its call, with a miss: the model's output
+    # settles the dimension, and the stale value is recomputed in the same call.
+    any_store.mset([(key, stale)])
+    model = _Dimless(8)
+    emb = CachedEmbeddings(model, any_store)
+    out = emb.embed_documents_array(["a", "new"])
+    np.testing.assert_array_equal(out[0], truth[0])
+    assert out.shape == (2, 8) and sorted(model._seen) == ["a", "new"]
+    stats = emb.stats
+    assert stats.hits + stats.misses == 2 and stats.computed == stats.misses == 2
+    assert stats.corrupt == 1
+    assert any_store.mget([key])[0] != stale  # overwritten with the model's vector
+    model._seen.clear()
+    np.testing.assert_array_equal(emb.embed_documents_array(["a", "new"]), out)
+    assert model._seen == []
+
+
+def test_float16_storage_refuses_values_it_cannot_hold() -> None:
+    class Loud(FakeEmbeddings):
+        def embed_array(self, texts):  # type: ignore[no-untyped-def]
+            return super().embed_array(texts) * 1e6  # beyond float16's 65504
+
+    store = open_store("memory://")
+    emb = CachedEmbeddings(Loud(8), store, dtype="float16")
+    with pytest.raises(ModelOutputError, match="float16"):
+        emb.embed_documents_array(["x"])
+    assert list(store.yield_keys()) == []
+    # float32 storage holds them.
+    assert np.isfinite(CachedEmbeddings(Loud(8)).embed_documents_array(["x"])).all()
+
+
+class RateLimitError(Exception):
+    """A provider's own exception, as users catch it."""
+
+
+class _Flaky(FakeEmbeddings):
+    """Raises the provider's error on the given call (counted from 1)."""
+
+    def __init__(self, fail_on: int) -> None:
+        super().__init__(8)
+        self.fail_on = fail_on
+
+    def embed_array(self, texts):  # type: ignore[no-untyped-def]
+        if self.calls + 1 == self.fail_on:
+            self.calls += 1
+            raise RateLimitError("slow down")
+        return super().embed_array(texts)
+
+
+class _FlakyLangChain(Embeddings):
+    def __init__(self) -> None:
+        self._inner = _Flaky(2)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._inner.embed_query(text)
+
+
+@pytest.mark.parametrize("model", ["protocol", "langchain"])
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_the_models_own_exception_reaches_the_caller_unchanged(
+    model: str, driver: str, tmp_path: Path
+) -> None:
+    # Decided: not wrapped in ModelError, as LangChain's CacheBackedEmbeddings,
+    # so `except RateLimitError` and retry libraries keep working. The batch
+    # finished before it stays cached; nothing of the failed batch is written.
+    flaky = _Flaky(2) if model == "protocol" else _FlakyLangChain()
+    url = store_url("sqlite", tmp_path)
+    with CachedEmbeddings(flaky, url, batch_size=4) as emb:
+        with pytest.raises(RateLimitError) as caught:
+            if driver == "sync":
+                emb.embed_documents_array(TEXTS[:10])
+            else:
+                asyncio.run(emb.aembed_documents_array(TEXTS[:10]))
+        assert not isinstance(caught.value, CachedVecError)
+        assert sorted(emb.store.yield_keys()) == sorted(emb.document_keys(TEXTS[:4]))
+        assert emb.stats.computed == 4
+
+
+def test_async_twins_return_what_the_sync_methods_return() -> None:
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings(model)
+    queries = ["q1", "q2", "q1"]
+
+    async def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            await emb.aembed_queries_array(queries),
+            await emb.aembed_query_array("q2"),
+            await emb.aembed_documents_array(queries),
+        )
+
+    many, one, docs = asyncio.run(run())
+    assert model.texts_embedded == 4  # q1, q2 as queries; q1, q2 as documents
+    np.testing.assert_array_equal(many, emb.embed_queries_array(queries))
+    np.testing.assert_array_equal(one, emb.embed_query_array("q2"))
+    np.testing.assert_array_equal(docs, emb.embed_documents_array(queries))
+    assert model.texts_embedded == 4
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        [["1.5", "2"]],  # numbers as text
+        [[True, False]],
+        np.array([[1 + 2j, 1]]),
+        [[10**400, 1]],  # too big for any float
+        [[1e300, 1.0]],  # too big for float32
+        [[None, 1.0]],
+    ],
+)
+def test_model_output_that_is_not_real_numbers_is_refused(output: object) -> None:
+    class Fixed(Embeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return output  # type: ignore[return-value]
+
+        def embed_query(self, text: str) -> list[float]:
+            raise NotImplementedError
+
+    store = open_store("memory://")
+    with pytest.raises(ModelOutputError):
+        CachedEmbeddings(Fixed(), store, namespace="fixed").embed_documents(["a"])
+    assert list(store.yield_keys()) == []
+
+
+def test_every_bad_text_is_a_cachedvec_error_and_a_type_error() -> None:
+    emb = CachedEmbeddings(FakeEmbeddings(8))
+    calls: list[Callable[[], object]] = [
+        lambda: emb.embed_documents(["a", None]),  # type: ignore[list-item]
+        lambda: emb.embed_documents(["a", ["unhashable"]]),  # type: ignore[list-item]
+        lambda: emb.embed_documents([b"bytes"]),  # type: ignore[list-item]
+        lambda: emb.embed_documents(None),  # type: ignore[arg-type]
+        lambda: emb.embed_documents(5),  # type: ignore[arg-type]
+        lambda: emb.embed_documents("one text"),  # type: ignore[arg-type]
+        lambda: emb.embed_query(None),  # type: ignore[arg-type]
+        lambda: emb.document_keys(t for t in ["a", None]),  # type: ignore[misc]
+        lambda: asyncio.run(emb.aembed_query(3)),  # type: ignore[arg-type]
+        lambda: asyncio.run(emb.aembed_documents(["a", 3])),  # type: ignore[list-item]
+    ]
+    for call in calls:
+        with pytest.raises(InvalidTextError) as caught:
+            call()
+        assert isinstance(caught.value, TypeError)
+    with pytest.raises(ConfigError, match="namespace"):
+        CachedEmbeddings(FakeEmbeddings(8), namespace=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="namespace"):
+        CachedEmbeddings(FakeEmbeddings(8), namespace="model\n")
+
+
+def test_a_bad_argument_opens_no_store(tmp_path: Path) -> None:
+    # The store used to be opened first: a bad dtype left a new SQLite file
+    # (and an open connection) behind.
+    for bad in ({"dtype": "float64"}, {"key_algorithm": "md5"}, {"namespace": "a//b"}):
+        with pytest.raises(ConfigError):
+            CachedEmbeddings(FakeEmbeddings(8), f"sqlite:///{tmp_path}/c.db", **bad)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_from_bytes_store_treats_none_like_langchain_does() -> None:
+    # LangChain: query_embedding_cache=None (or False) caches no queries.
+    store = open_store("memory://")
+    model = FakeEmbeddings(8)
+    emb = CachedEmbeddings.from_bytes_store(model, store, query_embedding_cache=None)
+    emb.embed_query("q")
+    emb.embed_query("q")
+    assert list(store.yield_keys()) == [] and model.texts_embedded == 2
+
+
+def test_a_model_whose_fingerprint_is_not_one_is_refused_or_derived() -> None:
+    class NotAFingerprint:
+        fingerprint = "v1"
+
+        def embed_documents_array(self, texts: list[str]) -> np.ndarray:
+            return np.ones((len(texts), 3), np.float32)
+
+        def embed_queries_array(self, texts: list[str]) -> np.ndarray:
+            return np.ones((len(texts), 3), np.float32)
+
+    with pytest.raises(ConfigError, match="fingerprint"):
+        CachedEmbeddings(NotAFingerprint())
+
+    class Tagged(_Dimless):
+        fingerprint = "v1"  # a LangChain model's own attribute: not ours to trust
+
+    a, b = CachedEmbeddings(Tagged(8)), CachedEmbeddings(Tagged(16))
+    assert a.namespace != b.namespace
+    assert a.embed_documents_array(["x"]).shape == (1, 8)
