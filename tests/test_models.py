@@ -465,3 +465,60 @@ def test_cli_model_option_with_another_folder_is_refused_by_the_index(
         )
     )
     assert f"built by model {DEFAULT_MODEL_NAME!r}" in line and "not by 'minilm'" in line
+
+
+# ----------------------------------------------------------------- found in review
+
+
+def _tiny_folder(root: Path, modules: str | None = None) -> Path:
+    """A sentence-transformers folder that can be fingerprinted (not loaded)."""
+    folder = root / "tiny"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"not really weights")
+    (folder / "config.json").write_text('{"hidden_size": 4}')
+    if modules is not None:
+        (folder / "modules.json").write_text(modules)
+    return folder
+
+
+@pytest.mark.parametrize("modules", ["{not json", '{"0": "Pooling"}', '["Pooling"]'])
+def test_an_unreadable_modules_file_is_a_model_error(modules: str, tmp_path: Path) -> None:
+    # Used to be a raw JSONDecodeError or AttributeError.
+    with pytest.raises(ModelError, match=r"modules\.json"):
+        as_model(_tiny_folder(tmp_path, modules))
+
+
+class _ProviderError(Exception):
+    """What a model's own library raises (out of memory, a rate limit...)."""
+
+
+class SentenceTransformer:
+    """Stands in for sentence_transformers.SentenceTransformer (a third-party class)."""
+
+    def __init__(self, folder: Path, output: Any = None) -> None:
+        self.tokenizer = type("Tokenizer", (), {"name_or_path": str(folder)})()
+        self.output = output
+
+    def encode(self, texts: list[str], **_: Any) -> Any:
+        if self.output is None:
+            raise _ProviderError("CUDA out of memory")
+        return self.output
+
+
+def test_a_sentence_transformers_failure_is_not_wrapped(tmp_path: Path) -> None:
+    # Consistent with LangChain models (tests/test_embeddings.py): what the
+    # model raises reaches the caller as it is, so it can be caught by type.
+    model = as_model(SentenceTransformer(_tiny_folder(tmp_path)))
+    assert isinstance(model, SentenceTransformerModel)
+    with CachedEmbeddings(model) as emb, pytest.raises(_ProviderError):
+        emb.embed_documents(["a"])
+
+
+def test_sentence_transformers_output_that_is_not_numbers_is_a_model_output_error(
+    tmp_path: Path,
+) -> None:
+    from cachedvec.errors import ModelOutputError
+
+    stub = SentenceTransformer(_tiny_folder(tmp_path), output=np.array([["1", "2", "3", "4"]]))
+    with CachedEmbeddings(as_model(stub)) as emb, pytest.raises(ModelOutputError):
+        emb.embed_documents(["a"])
