@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cachedvec.errors import (
     CachedVecError,
+    ClusterError,
     CodecError,
     ConfigError,
     DimensionError,
@@ -48,10 +49,14 @@ _LAZY = {
     "query": "cachedvec.search",
 }
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the lazy names, typed for type checkers
     from cachedvec.embeddings import CachedEmbeddings, CacheStats
+    from cachedvec.ingestion import ingest
     from cachedvec.keys import ModelFingerprint
     from cachedvec.models import default_model
+    from cachedvec.reindexing import reindex
+    from cachedvec.search import query
+    from cachedvec.vectorstore import CachedVectorStore
 
 
 def __getattr__(name: str) -> Any:
@@ -63,11 +68,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "CacheStats",
     "CachedEmbeddings",
     "CachedVecError",
     "CachedVectorStore",
+    "ClusterError",
     "CodecError",
     "ConfigError",
     "DimensionError",
@@ -75,8 +85,8 @@ __all__ = [
     "IndexCorruptError",
     "IndexMismatchError",
     "InvalidKeyError",
-    "InvalidValueError",
     "InvalidTextError",
+    "InvalidValueError",
     "InvalidURLError",
     "MissingVectorsError",
     "ModelError",

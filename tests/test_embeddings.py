@@ -653,3 +653,19 @@ def test_a_model_whose_fingerprint_is_not_one_is_refused_or_derived() -> None:
     a, b = CachedEmbeddings(Tagged(8)), CachedEmbeddings(Tagged(16))
     assert a.namespace != b.namespace
     assert a.embed_documents_array(["x"]).shape == (1, 8)
+
+
+def test_every_exception_class_is_exported_from_the_package() -> None:
+    import inspect
+
+    import cachedvec
+    from cachedvec import errors
+
+    classes = {
+        name
+        for name, obj in vars(errors).items()
+        if inspect.isclass(obj) and issubclass(obj, errors.CachedVecError)
+    }
+    assert classes <= set(cachedvec.__all__)  # ClusterError was left out
+    assert all(getattr(cachedvec, name) is getattr(errors, name) for name in classes)
+    assert set(cachedvec.__all__) <= set(dir(cachedvec))
