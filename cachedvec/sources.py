@@ -71,8 +71,7 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     Only regular files are read: a named pipe would block the run forever
     and a device never ends, so one named directly is a :class:`SourceError`,
-    and one met in a folder (or a broken symlink, a file that is gone) is
-    skipped with a warning.
+    and one met in a folder is skipped with a warning.
     """
     found: dict[Path, None] = {}
     for given in paths:
@@ -90,10 +89,10 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 if name.startswith(".") or Path(name).suffix.lower() not in TEXT_SUFFIXES:
                     continue
                 file = Path(dirpath) / name
-                if file.is_file():
+                if file.is_file() or not file.exists():  # a broken link fails as unreadable
                     found[file.resolve()] = None
                 else:
-                    log.warning("skipping %s: not a regular file (a pipe, or a broken link)", file)
+                    log.warning("skipping %s: not a regular file (a pipe, a socket...)", file)
     return list(found)
 
 

@@ -311,12 +311,10 @@ def test_a_named_pipe_in_a_folder_is_skipped_not_read(
     # Reading a FIFO blocks until someone writes to it: the run would hang forever.
     (tmp_path / "a.txt").write_text("a file", "utf-8")
     os.mkfifo(tmp_path / "pipe.txt")
-    (tmp_path / "gone.md").symlink_to(tmp_path / "deleted.md")
     with caplog.at_level("WARNING", logger="cachedvec"):
         assert find_files([tmp_path]) == [(tmp_path / "a.txt").resolve()]
-    skipped = [r.getMessage() for r in caplog.records]
-    assert any("pipe.txt: not a regular file" in m for m in skipped)
-    assert any("gone.md: not a regular file" in m for m in skipped)
+    (skipped,) = [r.getMessage() for r in caplog.records]
+    assert skipped.startswith(f"skipping {tmp_path / 'pipe.txt'}: not a regular file")
 
 
 def test_a_named_pipe_named_directly_is_a_source_error(tmp_path: Path) -> None:
