@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections import Counter
@@ -46,7 +47,7 @@ from cachedvec.jobs import (
     record_run,
     slices,
 )
-from cachedvec.sources import Chunk, Chunker, Source, find_files, read_source
+from cachedvec.sources import TEXT_SUFFIXES, Chunk, Chunker, Source, find_files, read_source
 
 #: One file or folder, or several.
 Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
@@ -54,6 +55,8 @@ Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 CLEANUP_MODES = ("incremental", "full", "none")
 RECORDS_FILE = "ingest.json"
 RECORDS_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,9 @@ class IngestReport:
     deleted: int = 0
     cache_hits: int = 0
     computed: int = 0
+    #: Chunks to embed whose exact text another chunk of this run also has:
+    #: embedded once, so ``added + updated == cache_hits + computed + duplicates``.
+    duplicates: int = 0
     sources: SourceCounts = field(default_factory=SourceCounts)
     documents: int = 0
     seconds: float = 0.0
@@ -206,6 +212,12 @@ def ingest(
     check_index_type(index_dir, factory, metric)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
+    if not files:
+        log.warning(
+            "no text, Markdown or JSON Lines files under %s (suffixes: %s)",
+            ", ".join(str(p) for p in paths),
+            " ".join(sorted(TEXT_SUFFIXES)),
+        )
     sources = [
         read_source(f) for f in progress(files, desc="reading", unit="file", enabled=show_progress)
     ]
@@ -214,11 +226,13 @@ def ingest(
         index_job(index_dir),
         CachedEmbeddings(model, store, batch_size=batch_size) as emb,
     ):
-        vindex = (
-            VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
-            if (index_dir / "manifest.json").exists()
-            else None
-        )
+        if (index_dir / "manifest.json").exists():
+            vindex: VectorIndex | None = VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
+        elif emb.dim is not None:
+            # Built empty now, so a factory FAISS refuses fails before any model call.
+            vindex = _new_index(emb, emb.dim, factory, metric)
+        else:
+            vindex = None  # made in _apply once the first vector gives the dimension
         records = load_records(index_dir)
         before = dict(records)
         report = IngestReport(index=str(index_dir), model=emb.fingerprint.model)
@@ -232,8 +246,8 @@ def ingest(
                 records,
                 report,
                 cleanup,
-                factory or "Flat",
-                metric or "cosine",
+                factory,
+                metric,
                 show_progress,
             )
             if changed is not None:
@@ -262,8 +276,8 @@ def _apply(
     records: dict[str, dict[str, Any]],
     report: IngestReport,
     cleanup: str,
-    factory: str,
-    metric: str,
+    factory: str | None,
+    metric: str | None,
     show_progress: bool | None,
 ) -> VectorIndex | None:
     """Plan and apply the changes; returns the index to save, or None if nothing changed."""
@@ -315,10 +329,9 @@ def _apply(
     texts = [to_add[i].text for i in ids]
     vectors = _embed(emb, texts, show_progress)
     report.cache_hits, report.computed = emb.stats.hits, emb.stats.computed
+    report.duplicates = len(texts) - len(set(texts))
     if vindex is None:
-        vindex = VectorIndex(
-            vectors.shape[1], metric=metric, factory=factory, fingerprint=emb.fingerprint
-        )
+        vindex = _new_index(emb, vectors.shape[1], factory, metric)
     if to_delete:
         vindex.delete(to_delete)
     if ids:
@@ -332,6 +345,14 @@ def _apply(
     return vindex
 
 
+def _new_index(
+    emb: CachedEmbeddings, dim: int, factory: str | None, metric: str | None
+) -> VectorIndex:
+    return VectorIndex(
+        dim, metric=metric or "cosine", factory=factory or "Flat", fingerprint=emb.fingerprint
+    )
+
+
 def _indexed_chunks(vindex: VectorIndex | None) -> dict[str, dict[str, dict[str, Any]]]:
     """``{source: {chunk id: metadata}}`` of what the index holds now."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -343,14 +364,24 @@ def _indexed_chunks(vindex: VectorIndex | None) -> dict[str, dict[str, dict[str,
 
 
 def _embed(emb: CachedEmbeddings, texts: list[str], show_progress: bool | None) -> np.ndarray:
-    """Embed in slices so the progress bar moves; each slice is cached as it finishes."""
+    """Embed in slices so the progress bar moves; each slice is cached as it finishes.
+
+    Repeated texts are looked up once: de-duplicated here, across slices, and
+    not only within each slice, so the cache statistics count each text once
+    whatever the slice size.
+    """
     if not texts:
         return np.empty((0, emb.dim or 0), np.float32)
+    unique = list(dict.fromkeys(texts))
     step = emb.batch_size * 4
     parts = [
         emb.embed_documents_array(part)
         for part in progress(
-            list(slices(texts, step)), desc="embedding", unit="batch", enabled=show_progress
+            list(slices(unique, step)), desc="embedding", unit="batch", enabled=show_progress
         )
     ]
-    return np.concatenate(parts)
+    vectors = np.concatenate(parts)
+    if len(unique) == len(texts):
+        return vectors
+    row = {text: i for i, text in enumerate(unique)}
+    return vectors[[row[text] for text in texts]]

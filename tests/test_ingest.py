@@ -334,3 +334,46 @@ def test_vectors_in_the_index_equal_the_model(corpus: Path, setup: dict) -> None
     np.testing.assert_allclose(
         stored, setup["model"].embed_array([r.text for r in records]), atol=1e-6
     )
+
+
+def test_an_unknown_factory_is_refused_before_any_model_call(corpus: Path, setup: dict) -> None:
+    # A new index is built empty before embedding: FAISS's refusal must not
+    # come after the whole corpus went through the model.
+    with pytest.raises(ConfigError, match="unknown FAISS factory string 'Bogus'"):
+        cachedvec.ingest([corpus], **setup, factory="Bogus")
+    assert setup["model"].calls == 0 and not Path(setup["index"]).exists()
+    with pytest.raises(ConfigError, match="PQ5"):  # 5 does not divide the dimension, 32
+        cachedvec.ingest([corpus], **setup, factory="PQ5")
+    assert setup["model"].calls == 0
+
+
+def test_repeated_chunk_texts_are_looked_up_once_across_slices(tmp_path: Path, setup: dict) -> None:
+    # Far more repeats than one embedding slice (batch_size * 4 texts): the
+    # counts must not depend on where the slices fall.
+    root = tmp_path / "repeats"
+    root.mkdir()
+    (root / "same.txt").write_text("\n\n".join(["the same line again"] * 50 + ["one other line"]))
+    model = setup["model"]
+    report = cachedvec.ingest([root], **{**setup, "batch_size": 2, "chunk_size": 20})
+    assert (report.added, report.computed, report.cache_hits, report.duplicates) == (51, 2, 0, 49)
+    assert report.added + report.updated == report.cache_hits + report.computed + report.duplicates
+    assert model.texts_embedded == 2
+    with VectorIndex.load(setup["index"]) as vindex:
+        records = list(vindex.records())
+        stored, _ = vindex.get_vectors([r.id for r in records])
+    assert len(records) == 51
+    np.testing.assert_allclose(stored, model.embed_array([r.text for r in records]), atol=1e-6)
+
+
+def test_no_supported_file_is_a_warning_and_no_index(
+    tmp_path: Path, setup: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "pdfs"
+    root.mkdir()
+    (root / "manual.pdf").write_bytes(b"%PDF-1.7")
+    with caplog.at_level("WARNING", logger="cachedvec"):
+        report = cachedvec.ingest([root], **setup)
+    assert report.documents == 0 and not Path(setup["index"]).exists()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"no text, Markdown or JSON Lines files under {root}")
+    assert ".jsonl" in message and ".md" in message
