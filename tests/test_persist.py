@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,35 @@ def test_an_empty_index_round_trips(tmp_path: Path) -> None:
 
 
 # -- atomicity -------------------------------------------------------------------------
+
+
+def test_loads_racing_saves_into_the_same_folder_always_succeed(tmp_path: Path) -> None:
+    """A save deletes the files of the previous one; a load that verified them
+    and then found one gone called the folder corrupt ("docstore ... is not
+    readable SQLite") in about one load of 25, instead of reading the new one."""
+    index = make_index(n=2000)
+    folder = tmp_path / "idx"
+    index.save(folder)
+    expected = results(index, vectors(3, seed=9))
+    saves = 0
+
+    def save_repeatedly() -> None:
+        nonlocal saves
+        for _ in range(150):
+            index.save(folder)
+            saves += 1
+
+    saver = threading.Thread(target=save_repeatedly)
+    saver.start()
+    loads = 0
+    try:
+        while saver.is_alive() or loads == 0:
+            with VectorIndex.load(folder, fingerprint=FINGERPRINT) as loaded:
+                assert results(loaded, vectors(3, seed=9)) == expected
+            loads += 1
+    finally:
+        saver.join()
+    assert saves == 150 and loads > 1
 
 
 def test_a_save_that_fails_before_the_swap_leaves_the_old_folder(

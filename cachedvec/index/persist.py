@@ -93,6 +93,8 @@ _DIGESTS: dict[str, tuple[int, Any]] = {
 }
 _FILE_DIGEST = "xxh3_128"
 _CHUNK = 1 << 22
+# Reads of a folder that saves keep replacing; each retry follows a commit.
+_LOAD_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def load_folder(
     folder = Path(path)
     # A save running meanwhile may delete the files the manifest we read
     # names; the new manifest then names new ones, so read again.
-    for _attempt in range(3):
+    for _attempt in range(_LOAD_ATTEMPTS):
         manifest = read_manifest(folder)
         check_expectations(manifest, folder, fingerprint=fingerprint, dim=dim)
         try:
@@ -275,15 +277,25 @@ def check_expectations(
 def _load_files(folder: Path, manifest: Manifest) -> tuple[faiss.Index, DocStore, Manifest]:
     # Our saves never rewrite a data file in place (each save uses new
     # names), so a file verified here is the file FAISS reads next.
-    index_entry = manifest.files["index"]
-    _verify_file(folder, index_entry)
+    # A file verified here can still be deleted before it is opened again (a
+    # save committing meanwhile): then FileNotFoundError makes the caller
+    # re-read the manifest, instead of calling a vanished file corrupt.
+    index_path = folder / manifest.files["index"]["name"]
+    _verify_file(folder, manifest.files["index"])
     try:
-        index = faiss.read_index(str(folder / index_entry["name"]))
+        index = faiss.read_index(str(index_path))
     except RuntimeError as exc:
+        if not index_path.exists():
+            raise FileNotFoundError(index_path) from exc
         raise IndexCorruptError(f"FAISS cannot read the index in {folder}: {exc}") from exc
-    docstore_entry = manifest.files["docstore"]
-    _verify_file(folder, docstore_entry)
-    docstore = DocStore.open_copy(folder / docstore_entry["name"])
+    docstore_path = folder / manifest.files["docstore"]["name"]
+    _verify_file(folder, manifest.files["docstore"])
+    try:
+        docstore = DocStore.open_copy(docstore_path)
+    except IndexCorruptError:
+        if not docstore_path.exists():
+            raise FileNotFoundError(docstore_path) from None
+        raise
     return index, docstore, manifest
 
 
