@@ -300,7 +300,9 @@ def ingest(
         f"{s.deleted} deleted\n"
         f"chunks:  {report.added} added, {report.updated} updated, {report.skipped} unchanged, "
         f"{report.deleted} deleted\n"
-        f"vectors: {report.cache_hits} from the cache, {report.computed} computed\n"
+        f"vectors: {report.cache_hits} from the cache, {report.computed} computed"
+        + (f", {report.duplicates} repeated texts reused" if report.duplicates else "")
+        + "\n"
         f"index:   {report.index} ({report.documents} chunks) in {report.seconds:.2f}s",
     )
 
@@ -349,6 +351,8 @@ def query(
     from cachedvec.index import read_manifest
     from cachedvec.search import query as run
 
+    if not text.strip():
+        raise ConfigError("the question is empty: give the text to search for")
     try:
         filter_ = json.loads(filter_json) if filter_json else None
     except (ValueError, RecursionError) as exc:
@@ -598,7 +602,8 @@ def _parse_duration(text: str | None) -> float | None:
     "indexes",
     multiple=True,
     type=click.Path(file_okay=False),
-    help="Keep every vector these indexes use (repeatable).",
+    help="Keep every vector these indexes use (repeatable; with --older-than alone: "
+    f"{DEFAULT_INDEX}, if it exists).",
 )
 @click.option(
     "--older-than",
@@ -624,6 +629,11 @@ def prune(
     age = _parse_duration(older_than)
     if not indexes and age is None:
         raise ConfigError("give --index (keep what indexes use) and/or --older-than")
+    if not indexes and (Path(DEFAULT_INDEX) / "manifest.json").exists():
+        # Unchanged chunks are never read again after their ingest: without
+        # this, "--older-than 30d" would drop the vectors of every stable
+        # document, and the next reindex would need the model for them.
+        indexes = (DEFAULT_INDEX,)
     keep: set[str] = set()
     for folder in indexes:
         with VectorIndex.load(folder) as vindex:
@@ -633,7 +643,13 @@ def prune(
     verb = "would drop" if dry_run else "dropped"
     _emit(
         as_json,
-        {"store": redact_url(store), "pruned": dropped, "kept": len(keep), "dry_run": dry_run},
+        {
+            "store": redact_url(store),
+            "pruned": dropped,
+            "kept": len(keep),
+            "dry_run": dry_run,
+            "indexes": list(indexes),
+        },
         f"{verb} {dropped} entries; kept {len(keep)} used by {len(indexes)} index(es)",
     )
 

@@ -217,10 +217,35 @@ def test_dry_run_deletes_nothing_and_reports_the_same_count(two: TwoIndexes) -> 
     assert text.exit_code == 0, text.output
     assert text.stdout.strip() == f"would drop 2 entries; kept {len(used)} used by 2 index(es)"
     dry = two.prune(*where, "--dry-run")
-    assert dry == {"store": redact_url(two.store), "pruned": 2, "kept": len(used), "dry_run": True}
+    assert dry == {
+        "store": redact_url(two.store),
+        "pruned": 2,
+        "kept": len(used),
+        "dry_run": True,
+        "indexes": [str(two.a), str(two.b)],
+    }
     assert two.entries() == before
 
     real = two.prune(*where)
     assert real == {**dry, "dry_run": False}
     assert two.entries() == used
     assert two.prune(*where, "--dry-run")["pruned"] == 0
+
+
+def test_older_than_alone_keeps_what_the_default_index_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unchanged chunk's vector is never read after its ingest, so it grows
+    # old while its index still needs it: pruning by age alone must not drop it.
+    two = TwoIndexes(tmp_path, f"sqlite:///{tmp_path / 'cache.db'}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".cachedvec").mkdir()
+    two.a.rename(tmp_path / ".cachedvec" / "index")
+    default = tmp_path / ".cachedvec" / "index"
+    used = two.keys(default)
+    two.age(10 * DAY, two.entries())
+
+    done = two.prune("--older-than", "7d")
+    assert (done["kept"], done["indexes"]) == (len(used), [".cachedvec/index"])
+    assert two.entries() == used
+    assert cachedvec.reindex(default, store=two.store).computed == 0
