@@ -215,7 +215,11 @@ class CachedEmbeddings(Embeddings):
 
     @property
     def dim(self) -> int | None:
-        """Vector dimension, once known (from the fingerprint or a first vector)."""
+        """Vector dimension, or None until known.
+
+        From the fingerprint; without one, the dimension most stored values
+        read so far claim, until the model's first output settles it.
+        """
         return self.codec.dim
 
     def document_keys(self, texts: Sequence[str]) -> list[str]:

@@ -36,7 +36,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from cachedvec.errors import ConfigError, ModelError, ModelOutputError
+from cachedvec.errors import ConfigError, ModelError, ModelOutputError, check_count
 from cachedvec.keys import ModelFingerprint
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -178,6 +178,7 @@ class SentenceTransformerModel:
         batch_size: int = 64,
         device: str = "cpu",
     ) -> None:
+        check_count("batch_size", batch_size)
         resolved_name, self.path = _resolve_local_model(name_or_path)
         self.name = identity or resolved_name
         self.normalize = normalize

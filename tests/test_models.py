@@ -522,3 +522,9 @@ def test_sentence_transformers_output_that_is_not_numbers_is_a_model_output_erro
     stub = SentenceTransformer(_tiny_folder(tmp_path), output=np.array([["1", "2", "3", "4"]]))
     with CachedEmbeddings(as_model(stub)) as emb, pytest.raises(ModelOutputError):
         emb.embed_documents(["a"])
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 1.5])
+def test_a_bad_sentence_transformers_batch_size_is_a_config_error(bad: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        SentenceTransformerModel(_tiny_folder(tmp_path), batch_size=bad)
