@@ -51,7 +51,8 @@ _EXACT_CHUNK = 16_384
 
 
 class Hit(NamedTuple):
-    """One search result. ``score``: similarity (cosine, ip) or squared distance (l2).
+    """One search result. ``score``: similarity (cosine, ip) or squared distance (l2;
+    bits apart for LSH, docs/index.md).
 
     A named tuple: built for every result of every search, it must be cheap.
     """
