@@ -35,7 +35,7 @@ import numpy as np
 
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import ConfigError, IndexMismatchError, MissingVectorsError, check_count
-from cachedvec.index import DocStore, Record, VectorIndex
+from cachedvec.index import DocStore, Record, VectorIndex, read_manifest
 from cachedvec.index.builder import (
     DEFAULT_BLOCK_SIZE,
     IndexBuilder,
@@ -204,6 +204,8 @@ def reindex(
             "the on-disk layout streams vectors from the cache: first rebuild with "
             "--model/--compute-missing, then again with --layout ondisk"
         )
+    if not (index_dir / "manifest.json").exists():
+        read_manifest(index_dir)  # its error, before the job lock leaves a file beside the folder
     with index_job(index_dir):
         if model is not None or compute_missing:
             report = _rebuild_with_model(

@@ -325,3 +325,11 @@ def test_cli_reindex_streaming_options(cached_index: dict) -> None:
     assert (report["layout"], report["trained_on"], report["streamed"]) == ("ondisk", 800, True)
     with VectorIndex.load(cached_index["index"]) as vindex:
         assert vindex.nprobe == 4
+
+
+def test_a_missing_index_is_an_error_that_leaves_no_lock_file(tmp_path: Path) -> None:
+    # The job lock sits beside the folder; a typo'd --index must not litter it.
+    open_store(f"sqlite:///{tmp_path}/cache.db").close()
+    with pytest.raises(VectorIndexError, match="no cachedvec index in"):
+        cachedvec.reindex(tmp_path / "idnex", store=f"sqlite:///{tmp_path}/cache.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.db"]
