@@ -8,11 +8,19 @@ click's ``CliRunner``; tests that embed with the real model carry
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.test_cli import cli, error_line
+from cachedvec.cli import main
+from tests.test_cli import Workspace, cli, cli_json, error_line
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
 
 
 @pytest.mark.parametrize("text", ["", "   \n\t"])
@@ -56,3 +64,41 @@ def test_ingest_reports_repeated_texts_embedded_once(tmp_path: Path) -> None:
     report = json.loads(again.stdout)
     # Only the last repeat's id is gone; nothing to embed, nothing repeated.
     assert (report["deleted"], report["computed"], report["duplicates"]) == (1, 0, 0)
+
+
+def readme_json_fields() -> dict[str, dict[str, set[str]]]:
+    """``{command: {field: nested fields}}`` from the README's table of ``--json`` fields."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text("utf-8")
+    table: dict[str, dict[str, set[str]]] = {}
+    for command, cells in re.findall(r"^\| `(\w+)` \| (.+) \|$", readme, re.M):
+        table[command] = {
+            name: set(re.findall(r"`(\w+)`", inside))
+            for name, inside in re.findall(r"`(\w+)`(?: \(([^)]*)\))?", cells)
+        }
+    return table
+
+
+def fields(payload: dict[str, Any], documented: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``payload``'s keys, each with its own keys where the README lists nested ones."""
+    out = {}
+    for name, value in payload.items():
+        sample = value[0] if isinstance(value, list) and value else value
+        out[name] = set(sample) if documented.get(name) and isinstance(sample, dict) else set()
+    return out
+
+
+@pytest.mark.model
+def test_the_readme_lists_every_json_field_of_every_command(ws: Workspace) -> None:
+    documented = readme_json_fields()
+    assert set(documented) == set(main.commands)
+    ws.ingest()
+    payloads = {
+        "ingest": ws.ingest(),
+        "query": cli_json("query", "How do I descale the kettle?", *ws.where),
+        "reindex": cli_json("reindex", *ws.where, "--factory", "HNSW32"),
+        "stats": cli_json("stats", *ws.where),
+        "prune": cli_json("prune", *ws.where, "--dry-run"),
+        "migrate": cli_json("migrate", "--store", ws.store),
+    }
+    for command, payload in payloads.items():
+        assert fields(payload, documented[command]) == documented[command], command
