@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import numpy as np
-
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import ConfigError, IndexCorruptError
 from cachedvec.index import VectorIndex, read_manifest
@@ -42,10 +40,10 @@ from cachedvec.index.faiss_index import check_metric
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
+    embed_documents,
     index_job,
     progress,
     record_run,
-    slices,
 )
 from cachedvec.sources import TEXT_SUFFIXES, Chunk, Chunker, Source, find_files, read_source
 
@@ -327,7 +325,8 @@ def _apply(
         return None
     ids = list(to_add)
     texts = [to_add[i].text for i in ids]
-    vectors = _embed(emb, texts, show_progress)
+    # Slices of a few model batches, so the progress bar moves.
+    vectors = embed_documents(emb, texts, emb.batch_size * 4, show_progress)
     report.cache_hits, report.computed = emb.stats.hits, emb.stats.computed
     report.duplicates = len(texts) - len(set(texts))
     if vindex is None:
@@ -361,27 +360,3 @@ def _indexed_chunks(vindex: VectorIndex | None) -> dict[str, dict[str, dict[str,
             if record.source is not None:
                 out.setdefault(record.source, {})[record.id] = record.metadata
     return out
-
-
-def _embed(emb: CachedEmbeddings, texts: list[str], show_progress: bool | None) -> np.ndarray:
-    """Embed in slices so the progress bar moves; each slice is cached as it finishes.
-
-    Repeated texts are looked up once: de-duplicated here, across slices, and
-    not only within each slice, so the cache statistics count each text once
-    whatever the slice size.
-    """
-    if not texts:
-        return np.empty((0, emb.dim or 0), np.float32)
-    unique = list(dict.fromkeys(texts))
-    step = emb.batch_size * 4
-    parts = [
-        emb.embed_documents_array(part)
-        for part in progress(
-            list(slices(unique, step)), desc="embedding", unit="batch", enabled=show_progress
-        )
-    ]
-    vectors = np.concatenate(parts)
-    if len(unique) == len(texts):
-        return vectors
-    row = {text: i for i, text in enumerate(unique)}
-    return vectors[[row[text] for text in texts]]

@@ -10,9 +10,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from cachedvec.embeddings import CachedEmbeddings
 
 DEFAULT_HOME = Path(".cachedvec")
 DEFAULT_INDEX = str(DEFAULT_HOME / "index")
@@ -85,6 +89,32 @@ def progress(
 def slices(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def embed_documents(
+    emb: CachedEmbeddings, texts: Sequence[str], step: int, show_progress: bool | None
+) -> np.ndarray:
+    """``texts`` through ``emb``, ``step`` unique texts at a time, with a progress bar.
+
+    Each slice is cached as it finishes, so an interrupted job loses at most
+    one slice. Repeated texts are looked up once (de-duplicated here, across
+    slices, not only within each), so ``emb.stats`` counts each text once
+    whatever the slice size.
+    """
+    if not texts:
+        return np.empty((0, emb.dim or 0), np.float32)
+    unique = list(dict.fromkeys(texts))
+    parts = [
+        emb.embed_documents_array(part)
+        for part in progress(
+            list(slices(unique, step)), desc="embedding", unit="batch", enabled=show_progress
+        )
+    ]
+    vectors = np.concatenate(parts)
+    if len(unique) == len(texts):
+        return vectors
+    row = {text: i for i, text in enumerate(unique)}
+    return vectors[[row[text] for text in texts]]
 
 
 def record_run(index_dir: str | os.PathLike[str], job: str, report: dict[str, Any]) -> None:

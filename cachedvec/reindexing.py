@@ -46,10 +46,10 @@ from cachedvec.index.rerank import CacheReader, check_rerank, needless_rerank
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
+    embed_documents,
     index_job,
     progress,
     record_run,
-    slices,
 )
 from cachedvec.keys import ModelFingerprint
 from cachedvec.stores import open_store
@@ -438,12 +438,6 @@ def _embedded(
                 "--model to compute missing vectors"
             )
         texts = [r.text for r in records]
-        parts = [
-            emb.embed_documents_array(p)
-            for p in progress(
-                list(slices(texts, 1024)), desc="embedding", unit="batch", enabled=show_progress
-            )
-        ]
-        vectors = np.concatenate(parts) if parts else np.empty((0, emb.dim or 0), np.float32)
+        vectors = embed_documents(emb, texts, 1024, show_progress)
         keys: list[str | None] = list(emb.document_keys(texts))
         return vectors, keys, emb.fingerprint, emb.stats.hits, emb.stats.computed

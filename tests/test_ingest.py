@@ -377,3 +377,17 @@ def test_no_supported_file_is_a_warning_and_no_index(
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith(f"no text, Markdown or JSON Lines files under {root}")
     assert ".jsonl" in message and ".md" in message
+
+
+def test_switching_models_looks_each_repeated_text_up_once(tmp_path: Path, setup: dict) -> None:
+    # More chunks than one reindex slice (1,024 texts), most of them repeats.
+    root = tmp_path / "repeats"
+    root.mkdir()
+    lines = [f"line {i % 7} of the log" for i in range(1500)]
+    (root / "log.txt").write_text("\n\n".join(lines))
+    first = cachedvec.ingest([root], **{**setup, "chunk_size": 18})
+    assert (first.added, first.computed, first.duplicates) == (1500, 7, 1493)
+    other = FakeEmbeddings(16, name="other")
+    report = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
+    assert (report.documents, report.computed, report.cache_hits) == (1500, 7, 0)
+    assert other.texts_embedded == 7
