@@ -145,6 +145,14 @@ def test_on_disk_layout_serves_the_same_results_from_a_memory_mapped_file(
         with pytest.raises(VectorIndexError, match="read-only"):
             vindex.delete(["d1"])
         assert len(vindex) == len(cached_index["live"]) and vindex.get(["d1"])
+        # The FAISS file names the lists file by absolute path: a copy saved
+        # elsewhere would break when this folder is rebuilt, so it is refused.
+        with pytest.raises(ConfigError, match="own folder"):
+            vindex.save(tmp_path / "copy")
+        assert not (tmp_path / "copy").exists()
+        vindex.save(folder)  # in its own folder the lists file stays
+    assert list(folder.glob("lists-*.ivfdata")) == lists
+    assert top_ids(cached_index["index"], queries, 10) == in_memory
 
     cachedvec.reindex(cached_index["index"], **options)  # back in memory
     assert not list(folder.glob("lists-*.ivfdata"))

@@ -47,6 +47,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, cast
 
 import faiss
@@ -205,9 +206,13 @@ class FaissIndex:
         # see builder.py) are for serving: a write would change the committed
         # file in place, and FAISS aborts the process on a read-only one.
         lists = self._ivf.invlists if self._ivf is not None else None
-        self.read_only = lists is not None and isinstance(
-            faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists
+        on_disk = faiss.downcast_InvertedLists(lists) if lists is not None else None
+        #: The memory-mapped lists file of an on-disk build, by absolute path
+        #: (as the FAISS file names it), else None.
+        self.lists_file = (
+            Path(on_disk.filename) if isinstance(on_disk, faiss.OnDiskInvertedLists) else None
         )
+        self.read_only = self.lists_file is not None
         self._selector = None if self.read_only else _removal_selector(index)
         self._tombstones: set[int] = set()
         self._exclusion: Any = None  # IDSelector over the tombstones, built lazily

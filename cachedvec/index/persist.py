@@ -9,11 +9,11 @@ Layout::
       .lock                          serialises concurrent savers
 
 Atomic swap. A save writes the two data files under fresh random names,
-fsyncs them, writes the manifest to a temporary name, fsyncs it and
-``os.replace``-s it over ``manifest.json``: the rename is the commit. A
-crash before it leaves the previous manifest, which still names the previous
-files, intact; a crash after it leaves the new one. Only then are files of
-older saves (and leftovers of crashed ones) deleted. Readers never see a
+fsyncs them, writes the manifest to a temporary name, fsyncs it and the
+folder, and ``os.replace``-s it over ``manifest.json``: the rename is the
+commit. A crash before it leaves the previous manifest, which still names
+the previous files, intact; a crash after it leaves the new one. Only then
+are files of older saves (and leftovers of crashed ones) deleted. Readers never see a
 half-written folder.
 
 Manifest (format version 2)::
@@ -196,6 +196,9 @@ def _save_locked(
         )
         temp_manifest.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         _fsync_file(temp_manifest)
+        # The data files' names must be durable before the manifest that
+        # names them: no filesystem promises to keep renames in order.
+        _fsync_dir(folder)
         os.replace(temp_manifest, folder / MANIFEST)  # the commit point
     except BaseException:
         # An interrupt (Ctrl-C) can land after the rename took effect: then

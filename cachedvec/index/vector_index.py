@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -631,6 +632,16 @@ class VectorIndex:
         with self._lock.read():
             self._check_open()
             faiss_index = self._faiss
+            lists = faiss_index.lists_file
+            if lists is not None and lists.parent.resolve() != Path(path).resolve():
+                # The FAISS file names its lists file by absolute path: a copy
+                # saved elsewhere would depend on this folder, and break when
+                # a rebuild here deletes that file.
+                raise ConfigError(
+                    f"an on-disk index can only be saved to its own folder {lists.parent}, "
+                    f"not {path}: its inverted lists stay in {lists.name} there; "
+                    "rebuild it into the new folder instead"
+                )
             return persist.save_folder(
                 path,
                 index=faiss_index.faiss_index,
