@@ -42,7 +42,11 @@ class InvalidValueError(StoreError, TypeError):
 
 
 class InvalidTextError(CachedVecError, ValueError):
-    """A text cannot be hashed (for example it holds a lone surrogate)."""
+    """A text cannot be hashed: it holds a lone surrogate, or it is not a ``str``."""
+
+
+class InvalidTextTypeError(InvalidTextError, TypeError):
+    """A text is not a ``str`` (or a single string was given for a list of them)."""
 
 
 class ModelError(CachedVecError):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from cachedvec.errors import ConfigError, InvalidTextError
+from cachedvec.errors import ConfigError, InvalidTextError, InvalidTextTypeError
 
 KEY_VERSION = "cv1"
 Kind = Literal["doc", "query"]
@@ -161,15 +161,6 @@ DIGESTS: dict[str, Digest] = {
 }
 
 
-class _NotTextError(InvalidTextError, TypeError):
-    """A text that is not a ``str``: an :class:`InvalidTextError` and a ``TypeError``.
-
-    Callers written against Python's conventions catch ``TypeError``; the
-    rest catch :class:`~cachedvec.errors.CachedVecError` like any other
-    cachedvec error.
-    """
-
-
 def check_texts(texts: Any) -> Sequence[str]:
     """``texts`` as a sequence, a one-shot iterable (a generator) made a list.
 
@@ -177,13 +168,13 @@ def check_texts(texts: Any) -> Sequence[str]:
     :class:`~cachedvec.errors.InvalidTextError` that is also a ``TypeError``.
     """
     if isinstance(texts, (str, bytes, bytearray)):
-        raise _NotTextError("texts must be a list of strings, not a single string")
+        raise InvalidTextTypeError("texts must be a list of strings, not a single string")
     if isinstance(texts, Sequence):
         return texts
     try:
         return list(texts)  # a generator, as LangChain's cache also takes
     except TypeError:
-        raise _NotTextError(
+        raise InvalidTextTypeError(
             f"texts must be a list of strings, got {type(texts).__name__}"
         ) from None
 
@@ -191,7 +182,7 @@ def check_texts(texts: Any) -> Sequence[str]:
 def check_text(text: Any, where: str = "text") -> str:
     """``text`` if it is a ``str``, else the error :func:`check_texts` raises."""
     if not isinstance(text, str):
-        raise _NotTextError(f"{where} is {type(text).__name__}, expected str")
+        raise InvalidTextTypeError(f"{where} is {type(text).__name__}, expected str")
     return text
 
 
