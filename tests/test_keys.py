@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachedvec.errors import ConfigError, InvalidTextError
+from cachedvec.errors import ConfigError, InvalidTextError, InvalidTextTypeError
 from cachedvec.keys import KeyEncoder, ModelFingerprint, check_namespace, slug
 
 KEY_RE = re.compile(r"^cv1:[a-z0-9._-]+:[0-9a-f]{16}:(doc|query):[0-9a-f]{64}$")
@@ -122,9 +122,10 @@ def test_a_namespace_that_is_not_a_string_is_a_config_error() -> None:
 def test_texts_of_a_generator_are_checked_once_and_named() -> None:
     enc = KeyEncoder("ns", "doc")
     assert enc.keys(t for t in ["a", "b"]) == enc.keys(["a", "b"])
-    with pytest.raises(InvalidTextError, match=r"texts\[1\] is NoneType") as caught:
+    with pytest.raises(InvalidTextTypeError, match=r"texts\[1\] is NoneType") as caught:
         enc.keys(t for t in ["a", None])  # type: ignore[misc]
-    assert isinstance(caught.value, TypeError)  # Python's convention holds too
+    # Both roots hold: cachedvec's text error and Python's convention.
+    assert isinstance(caught.value, InvalidTextError) and isinstance(caught.value, TypeError)
     for single in ("abc", b"abc"):
         with pytest.raises(InvalidTextError, match="single string"):
             enc.keys(single)  # type: ignore[arg-type]
