@@ -34,6 +34,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Literal
 
 import numpy as np
@@ -50,6 +51,7 @@ _CRC_RESIDUE = 0x2144DF1C  # CRC-32 of any message followed by its own CRC (vers
 _DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
 _CODES = {"float32": 1, "float16": 2}
 _BLOCK_BYTES = 1 << 20  # values checked and copied per step of a batch decode
+_DIM_SAMPLE = 101  # stored values whose claimed dimension votes, when none is known
 # Fewer values decode one by one: the batch path's fixed cost (~9 us) is
 # worth it from about 4 values (~2.5 us each alone), and single-query hits
 # are latency-bound.
@@ -184,9 +186,12 @@ class VectorCodec:
         """Fix the dimension most values claim, from the first of them that decodes cleanly.
 
         The most common one, not the first: one stale value of another
-        dimension must not make every other value of the batch corrupt.
+        dimension must not make every other value of the batch corrupt. The
+        vote takes a sample (the first stored values), so a large first
+        read does not pay a Python call per value.
         """
-        claims = Counter(self.peek_dim(v) for v in values if v is not None)
+        present = (v for v in values if v is not None)
+        claims = Counter(map(self.peek_dim, islice(present, _DIM_SAMPLE)))
         claims.pop(None, None)
         for dim, _ in claims.most_common():
             for v in values:
@@ -237,8 +242,8 @@ class VectorCodec:
         ``values[i]`` when it decoded; ``missing`` lists positions whose value
         was ``None`` and ``corrupt`` those that failed a check. Their rows are
         zero and must be filled by the caller. A codec with no dimension yet
-        takes that of the first value that decodes; when none does, the
-        matrix has no columns.
+        takes the one most values claim (see :meth:`_learn_dim`); when no
+        value decodes, the matrix has no columns.
         """
         n = len(values)
         if None in values:

@@ -30,7 +30,7 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.stores import BaseStore, ByteStore
 
 from cachedvec.codec import Dtype, Matrix, VectorCodec
-from cachedvec.errors import ConfigError, ModelOutputError, check_count
+from cachedvec.errors import ConfigError, InvalidTextError, ModelOutputError, check_count
 from cachedvec.keys import (
     KeyEncoder,
     Kind,
@@ -84,10 +84,12 @@ class _Lookup:
         try:
             # dict.fromkeys keeps first-seen order and runs at C speed.
             self.unique = list(dict.fromkeys(texts)) if texts else []
-        except TypeError:  # an unhashable item: the key encoder names it
+            self.keys = encoder.keys(self.unique)
+        except (TypeError, InvalidTextError):
+            # An unhashable or invalid text: its error names its position in
+            # the caller's list, not in the de-duplicated one.
             encoder.keys(texts)
             raise
-        self.keys = encoder.keys(self.unique)
         self.values: Sequence[bytes | None] = []  # what the store returned
         self.matrix: Matrix = np.empty((0, 0), np.float32)
         self.todo: list[int] = []  # positions in `unique` to compute, in order
@@ -239,6 +241,8 @@ class CachedEmbeddings(Embeddings):
         self.stats.duplicates += len(call.texts) - len(call.unique)
         call.values = values
         self._decode(call)
+        if self._dim_settled:
+            call.values = ()  # never re-read: free the bytes while the model runs
 
     def _decode(self, call: _Lookup) -> None:
         """(Re)decode the call's stored values; bring the stats and the to-do list up to date.

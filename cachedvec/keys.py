@@ -111,26 +111,42 @@ class ModelFingerprint:
             raise ConfigError(f"malformed model fingerprint: {exc}") from exc
 
 
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
 def _as_text(value: Any) -> str:
-    """JSON's fallback for a ``params`` value: a text that is the same every run."""
-    if isinstance(value, (set, frozenset)) and value:
-        # str() of a set follows its iteration order, which for strings
-        # changes with every process's hash seed. Sorted, the text is the
-        # one str() gives when that order happens to be sorted (small ints).
-        try:
-            items = sorted(value)
-        except TypeError:  # items of mixed types: order them by their text
-            items = sorted(value, key=repr)
-        text = "{" + ", ".join(map(repr, items)) + "}"
-        return f"frozenset({text})" if isinstance(value, frozenset) else text
-    cls = type(value)
-    if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
+    """JSON's fallback for a ``params`` value: its ``str()``, the same every run.
+
+    This was plain ``str()`` when fingerprints began, so values whose text
+    never varied keep it (and their namespace). Two kinds of text did vary:
+    a set holding strings, whose order follows the process's hash seed, is
+    sorted; a text naming a memory address (a function, a default
+    ``repr``) is refused.
+    """
+    text = _set_text(value) if isinstance(value, (set, frozenset)) else str(value)
+    if _MEMORY_ADDRESS.search(text):
         raise ConfigError(
-            f"a fingerprint parameter is a {cls.__name__} with no text of its own; its "
-            "default text names a memory address, so the namespace would change every "
-            "run: pass a JSON value (or an object with a __str__) instead"
+            f"a fingerprint parameter ({type(value).__name__}) has a text naming a memory "
+            "address, so the namespace would change every run: pass a JSON value (or an "
+            "object whose str() describes it) instead"
         )
-    return str(value)
+    return text
+
+
+def _set_text(value: set[Any] | frozenset[Any]) -> str:
+    """``str()`` of a set, in an order that does not depend on the hash seed."""
+    if all(map(_hash_is_stable, value)):
+        return str(value)  # numbers iterate in the same order every run
+    items = sorted(_set_text(v) if isinstance(v, frozenset) else repr(v) for v in value)
+    text = "{" + ", ".join(items) + "}"
+    return f"frozenset({text})" if isinstance(value, frozenset) else text
+
+
+def _hash_is_stable(value: Any) -> bool:
+    """Whether ``hash(value)`` is the same in every process (no str or bytes in it)."""
+    if isinstance(value, (tuple, frozenset)):
+        return all(map(_hash_is_stable, value))
+    return value is None or isinstance(value, (int, float, complex))
 
 
 def slug(name: str) -> str:
@@ -167,6 +183,8 @@ def check_texts(texts: Any) -> Sequence[str]:
     A single ``str`` (a common slip for ``[text]``) or a non-iterable is an
     :class:`~cachedvec.errors.InvalidTextError` that is also a ``TypeError``.
     """
+    if type(texts) is list:  # the common case, checked first: it runs per call
+        return texts
     if isinstance(texts, (str, bytes, bytearray)):
         raise InvalidTextTypeError("texts must be a list of strings, not a single string")
     if isinstance(texts, Sequence):

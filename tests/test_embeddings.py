@@ -239,6 +239,11 @@ def test_bad_input() -> None:
         emb.embed_query(3)  # type: ignore[arg-type]
     with pytest.raises(InvalidTextError):
         emb.embed_documents(["\udcff"])
+    # Positions are those of the caller's list, repeated texts included.
+    with pytest.raises(TypeError, match=r"texts\[2\]"):
+        emb.embed_documents(["a", "a", None])  # type: ignore[list-item]
+    with pytest.raises(InvalidTextError, match=r"texts\[3\]"):
+        emb.embed_documents(["a", "b", "a", "\udcff"])
     for bad in (0, -1, True, 2.5, "8"):
         with pytest.raises(ConfigError, match="batch_size"):
             CachedEmbeddings(model, batch_size=bad)  # type: ignore[arg-type]
