@@ -2,14 +2,16 @@
 
 Every command prints a readable summary, or one JSON object with ``--json``;
 exits 0 on success and 1 with one ``error: ...`` line on a cachedvec error
-(never a traceback for a user mistake); 130 after Ctrl-C, having left the
-index as it was.
+(never a traceback for a user mistake) or any other failure, such as the
+model's (``CACHEDVEC_TRACEBACK=1`` shows its traceback); 130 after Ctrl-C,
+having left the index as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -24,6 +26,8 @@ from cachedvec.errors import CachedVecError, ConfigError
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, read_history
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Set (to anything) to get the traceback of an unexpected error instead of one line.
+TRACEBACK_VARIABLE = "CACHEDVEC_TRACEBACK"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -88,6 +92,24 @@ def handle_errors(func: F) -> F:
                 click.echo(f"error: {exc.strerror or exc}{where}", err=True)
             else:
                 click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own, reported by _Group
+        except Exception as exc:
+            # Not ours: the model failing (out of memory, a provider's rate
+            # limit), which the library passes through unchanged, or a bug.
+            # One line too, unless the user asks for the traceback.
+            interrupt = _interrupt_behind(exc)
+            if interrupt is not None:
+                _exit_interrupted(interrupt)
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            message = (str(exc).strip().splitlines() or [""])[0]
+            click.echo(
+                f"error: {type(exc).__name__}: {message} "
+                f"(set {TRACEBACK_VARIABLE}=1 for the traceback)",
+                err=True,
+            )
             sys.exit(1)
         finally:
             signal.signal(signal.SIGTERM, previous)

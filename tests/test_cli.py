@@ -176,6 +176,27 @@ def test_ingest_reports_counts_and_a_second_run_does_nothing(ws: Workspace) -> N
 
 
 @pytest.mark.model
+def test_a_failing_model_is_one_error_line_and_keeps_nothing_half_done(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachedvec.models import default_model
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+
+    # The library passes the model's own exception through; the CLI, which
+    # no caller catches around, turns it into one line.
+    monkeypatch.setattr(default_model().model, "encode", out_of_memory)
+    line = error_line(cli("ingest", ws.corpus, *ws.where))
+    assert line.startswith("error: RuntimeError: CUDA out of memory.")
+    assert "CACHEDVEC_TRACEBACK=1" in line
+    assert not ws.index.exists()
+    monkeypatch.setenv("CACHEDVEC_TRACEBACK", "1")
+    result = cli("ingest", ws.corpus, *ws.where)
+    assert isinstance(result.exception, RuntimeError) and result.exit_code == 1
+
+
+@pytest.mark.model
 def test_ingest_replaces_exactly_the_changed_chunks(ws: Workspace) -> None:
     ws.ingest()
     bees = ws.corpus / "bees.txt"
