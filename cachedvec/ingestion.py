@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ from cachedvec.jobs import (
     progress,
     record_run,
 )
-from cachedvec.sources import TEXT_SUFFIXES, Chunk, Chunker, Source, find_files, read_source
+from cachedvec.sources import Chunk, Chunker, Source, find_files, read_source
 
 #: One file or folder, or several.
 Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
@@ -53,8 +52,6 @@ Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 CLEANUP_MODES = ("incremental", "full", "none")
 RECORDS_FILE = "ingest.json"
 RECORDS_VERSION = 1
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -210,12 +207,6 @@ def ingest(
     check_index_type(index_dir, factory, metric)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
-    if not files:
-        log.warning(
-            "no text, Markdown or JSON Lines files under %s (suffixes: %s)",
-            ", ".join(str(p) for p in paths),
-            " ".join(sorted(TEXT_SUFFIXES)),
-        )
     sources = [
         read_source(f) for f in progress(files, desc="reading", unit="file", enabled=show_progress)
     ]

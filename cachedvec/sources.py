@@ -71,7 +71,9 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
     Only regular files are read: a named pipe would block the run forever
     and a device never ends, so one named directly is a :class:`SourceError`,
-    and one met in a folder is skipped with a warning.
+    and one met in a folder is skipped with a warning. A folder holding no
+    supported file is a warning too: with incremental cleanup its chunks
+    would silently leave the index.
     """
     found: dict[Path, None] = {}
     for given in paths:
@@ -83,6 +85,7 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             continue
         if not path.is_dir():
             raise SourceError(f"{given} is not a regular file or a folder; only files are ingested")
+        before = len(found)
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
@@ -93,6 +96,12 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                     found[file.resolve()] = None
                 else:
                     log.warning("skipping %s: not a regular file (a pipe, a socket...)", file)
+        if len(found) == before:
+            log.warning(
+                "no text, Markdown or JSON Lines files under %s (suffixes: %s)",
+                given,
+                " ".join(sorted(TEXT_SUFFIXES)),
+            )
     return list(found)
 
 

@@ -379,6 +379,21 @@ def test_no_supported_file_is_a_warning_and_no_index(
     assert ".jsonl" in message and ".md" in message
 
 
+def test_each_folder_without_a_supported_file_is_named(
+    tmp_path: Path, setup: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    texts, scans = tmp_path / "texts", tmp_path / "scans"
+    texts.mkdir()
+    scans.mkdir()
+    (texts / "a.txt").write_text("A paragraph about kettles.\n", "utf-8")
+    (scans / "manual.pdf").write_bytes(b"%PDF-1.7")
+    with caplog.at_level("WARNING", logger="cachedvec"):
+        report = cachedvec.ingest([texts, scans], **setup)
+    assert report.documents == 1
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"no text, Markdown or JSON Lines files under {scans} ")
+
+
 def test_switching_models_looks_each_repeated_text_up_once(tmp_path: Path, setup: dict) -> None:
     # More chunks than one reindex slice (1,024 texts), most of them repeats.
     root = tmp_path / "repeats"
