@@ -68,6 +68,7 @@ from cachedvec.ingestion import (
     _version,
     as_paths,
     check_index_type,
+    check_new_index,
     load_records,
 )
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE
@@ -462,10 +463,11 @@ def ingest(
     _check_model_spec(model)
     refuse_private_store(store)  # before connecting: the cheapest mistake to catch
     check_index_type(Path(index), factory, metric)  # not after the cluster embedded
+    driver_model = _build_model(model)
+    check_new_index(Path(index), factory, metric, driver_model.fingerprint.dim)
     owns_ray = connect(address, workers=workers)
     try:
         shared = shared_store_url(store)
-        driver_model = _build_model(model)
         missing = _missing_texts(
             paths, index, shared, driver_model, chunk_size, chunk_overlap, text_field
         )

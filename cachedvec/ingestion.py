@@ -166,6 +166,18 @@ def check_index_type(index_dir: Path, factory: str | None, metric: str | None) -
         )
 
 
+def check_new_index(
+    index_dir: Path, factory: str | None, metric: str | None, dim: int | None
+) -> None:
+    """Refuse a factory FAISS cannot build, before any model call, when the index is new.
+
+    Needs the dimension (from the model's fingerprint): without it the index
+    is only made once the first vector gives it.
+    """
+    if dim is not None and not (index_dir / "manifest.json").exists():
+        VectorIndex(dim, metric=metric or "cosine", factory=factory or "Flat").close()
+
+
 def _under(source: str, roots: Sequence[Path]) -> bool:
     return any(source == str(r) or source.startswith(str(r) + os.sep) for r in roots)
 

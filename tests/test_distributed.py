@@ -292,6 +292,23 @@ def test_another_metric_is_refused_before_the_cluster_embeds(
     assert stored_keys(store) == cached
 
 
+@pytest.mark.parametrize("factory", ["Bogus", "IVF7,PQ5"])
+def test_a_factory_faiss_refuses_fails_before_the_cluster_embeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str
+) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    monkeypatch.setattr(distributed, "connect", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(ConfigError, match="factory"):
+        distributed.ingest(
+            [corpus],
+            index=tmp_path / "index",
+            store=f"sqlite:///{tmp_path}/c.db",
+            model=fake_model("factory"),
+            factory=factory,
+        )
+    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
+
+
 def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
     runner = CliRunner()
