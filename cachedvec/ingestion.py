@@ -39,7 +39,7 @@ from cachedvec.index.faiss_index import check_metric
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
-    embed_documents,
+    embed_in_slices,
     index_job,
     progress,
     record_run,
@@ -329,7 +329,7 @@ def _apply(
     ids = list(to_add)
     texts = [to_add[i].text for i in ids]
     # Slices of a few model batches, so the progress bar moves.
-    vectors = embed_documents(emb, texts, emb.batch_size * 4, show_progress)
+    vectors = embed_in_slices(emb, texts, emb.batch_size * 4, show_progress)
     report.cache_hits, report.computed = emb.stats.hits, emb.stats.computed
     report.duplicates = len(texts) - len(set(texts))
     if vindex is None:

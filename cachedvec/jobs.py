@@ -91,7 +91,7 @@ def slices(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def embed_documents(
+def embed_in_slices(
     emb: CachedEmbeddings, texts: Sequence[str], step: int, show_progress: bool | None
 ) -> np.ndarray:
     """``texts`` through ``emb``, ``step`` unique texts at a time, with a progress bar.

@@ -46,7 +46,7 @@ from cachedvec.index.rerank import CacheReader, check_rerank, needless_rerank
 from cachedvec.jobs import (
     DEFAULT_INDEX,
     DEFAULT_STORE,
-    embed_documents,
+    embed_in_slices,
     index_job,
     progress,
     record_run,
@@ -438,6 +438,6 @@ def _embedded(
                 "--model to compute missing vectors"
             )
         texts = [r.text for r in records]
-        vectors = embed_documents(emb, texts, 1024, show_progress)
+        vectors = embed_in_slices(emb, texts, 1024, show_progress)
         keys: list[str | None] = list(emb.document_keys(texts))
         return vectors, keys, emb.fingerprint, emb.stats.hits, emb.stats.computed
