@@ -520,6 +520,7 @@ def reindex(
         f"rebuilt {report.index}: {report.documents} chunks into {report.factory} "
         f"({report.metric}) in {report.seconds:.2f}s; {report.cache_hits} vectors from the "
         f"cache, {report.computed} computed"
+        + (f", {report.duplicates} repeated texts reused" if report.duplicates else "")
         + (
             f"; searches re-rank {report.rerank} candidates per result from the cache"
             if report.rerank

@@ -75,6 +75,10 @@ class ReindexReport:
     model: str = ""
     cache_hits: int = 0
     computed: int = 0
+    #: With a model: documents whose exact text another document also has,
+    #: looked up once, so ``documents == cache_hits + computed + duplicates``
+    #: (a plain rebuild reads every document's vector: ``cache_hits == documents``).
+    duplicates: int = 0
     seconds: float = 0.0
     index: str = ""
     streamed: bool = False  # built batch by batch from the cache
@@ -417,6 +421,7 @@ def _rebuild_with_model(
         model=fingerprint.model,
         cache_hits=hits,
         computed=computed,
+        duplicates=len(records) - hits - computed,
         trained_on=trained_on,
         rerank=factor,
     )

@@ -404,5 +404,12 @@ def test_switching_models_looks_each_repeated_text_up_once(tmp_path: Path, setup
     assert (first.added, first.computed, first.duplicates) == (1500, 7, 1493)
     other = FakeEmbeddings(16, name="other")
     report = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
-    assert (report.documents, report.computed, report.cache_hits) == (1500, 7, 0)
+    assert (report.documents, report.computed, report.cache_hits, report.duplicates) == (
+        1500,
+        7,
+        0,
+        1493,
+    )
     assert other.texts_embedded == 7
+    again = cachedvec.reindex(setup["index"], store=setup["store"], model=other)
+    assert (again.computed, again.cache_hits, again.duplicates) == (0, 7, 1493)
