@@ -28,7 +28,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -52,6 +52,7 @@ Paths = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 CLEANUP_MODES = ("incremental", "full", "none")
 RECORDS_FILE = "ingest.json"
 RECORDS_VERSION = 1
+_EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass
@@ -219,9 +220,17 @@ def ingest(
     check_index_type(index_dir, factory, metric)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
-    sources = [
-        read_source(f) for f in progress(files, desc="reading", unit="file", enabled=show_progress)
-    ]
+    # Every file is read (and checked) before anything changes, but the text
+    # of one the last run already ingested is let go at once: a nightly run
+    # over a large, mostly unchanged corpus holds only what changed. The
+    # records are read again under the job lock; these only save memory.
+    last_run = load_records(index_dir)
+    sources: list[Source] = []
+    for file in progress(files, desc="reading", unit="file", enabled=show_progress):
+        source = read_source(file)
+        if last_run.get(source.name, {}).get("version") == _version(source, chunker):
+            source = replace(source, data=b"")
+        sources.append(source)
 
     with (
         index_job(index_dir),
@@ -296,6 +305,10 @@ def _apply(
             report.sources.skipped += 1
             report.skipped += len(old)
             continue
+        if not src.data and src.content_hash != _EMPTY_HASH:
+            # Its text was let go as unchanged, but the index disagrees.
+            src = read_source(src.path)
+            version = _version(src, chunker)
         new = _identified(name, chunker.chunks(src))
         for cid, chunk in new.items():
             if cid not in old:

@@ -66,6 +66,26 @@ def test_first_ingest_then_nothing_to_do(corpus: Path, setup: dict) -> None:
     assert again.sources.skipped == 4 and again.skipped == first.added
 
 
+def test_an_unchanged_source_the_index_lost_is_read_again_and_restored(
+    corpus: Path, setup: dict
+) -> None:
+    # The records say b.txt is ingested as it is, but its chunks are gone
+    # from the index (deleted behind ingest's back): its text, let go while
+    # reading as unchanged, must be read again and indexed as before.
+    first = cachedvec.ingest([corpus], **setup)
+    name = str((corpus / "b.txt").resolve())
+    with VectorIndex.load(setup["index"]) as vindex:
+        before = sorted((r.id, r.text) for r in vindex.records() if r.source == name)
+        assert len(before) == 2 and vindex.delete_sources([name])
+        vindex.save(setup["index"])
+    report = cachedvec.ingest([corpus], **setup)
+    assert (report.sources.updated, report.sources.skipped) == (1, 3)
+    assert (report.added, report.cache_hits, report.computed) == (2, 2, 0)
+    with VectorIndex.load(setup["index"]) as vindex:
+        assert sorted((r.id, r.text) for r in vindex.records() if r.source == name) == before
+        assert len(vindex) == first.documents
+
+
 def test_editing_a_source_replaces_exactly_its_changed_chunks(corpus: Path, setup: dict) -> None:
     cachedvec.ingest([corpus], **setup)
     model = setup["model"]
