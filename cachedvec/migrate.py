@@ -50,7 +50,9 @@ from cachedvec.stores.sql_schema import (
 __all__ = [
     "alembic_config",
     "current",
+    "differs_from_newest_schema",
     "downgrade",
+    "foreign_table_error",
     "head",
     "is_known_revision",
     "move_to",
@@ -228,12 +230,8 @@ def _repair(conn: sa.Connection, config: Config, url: str, at: str | None) -> st
         at = None
     if at is not None or not present:
         return at
-    if _differs_from_newest_schema(conn):
-        raise SchemaError(
-            f"store {redact_url(url)} has a table {', '.join(present)} that cachedvec did not "
-            f"create (no cachedvec revision recorded, and not cachedvec's schema {head()}): "
-            "rename or drop it, or keep the cache in another database"
-        )
+    if differs_from_newest_schema(conn):
+        raise foreign_table_error(url, present)
     log.warning(
         "store %s has cachedvec's tables but no recorded schema revision: recording %s",
         redact_url(url),
@@ -243,7 +241,25 @@ def _repair(conn: sa.Connection, config: Config, url: str, at: str | None) -> st
     return head()
 
 
-def _differs_from_newest_schema(conn: sa.Connection) -> bool:
+def foreign_table_error(url: str, names: list[str]) -> SchemaError:
+    """The error for tables named like cachedvec's that cachedvec did not create.
+
+    ``migrate`` refuses to touch them, so the message never suggests it.
+    """
+    return SchemaError(
+        f"store {redact_url(url)} has a table {', '.join(names)} that cachedvec did not "
+        f"create (no cachedvec revision recorded, and not cachedvec's schema {head()}): "
+        "keep the cache in another database, or rename or drop that table"
+    )
+
+
+def differs_from_newest_schema(conn: sa.Connection) -> bool:
+    """Whether cachedvec's tables in ``conn``'s database differ from its newest schema.
+
+    An index a DBA added does not count; a PostgreSQL key column whose
+    collation is not byte order does.
+    """
+
     def ours(name: str | None, type_: str, parent_names: object) -> bool:
         return type_ != "table" or name in metadata.tables  # not the application's tables
 

@@ -124,7 +124,7 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
         _check_options(options, _keyword_options(FileStore), "file")
         return FileStore(_local_path(url, scheme), **options)
     if family == "diskcache":
-        from cachedvec.stores.diskcache import DiskCacheStore
+        from cachedvec.stores.diskcache import DiskCacheStore, check_settings
 
         query: dict[str, Any] = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         unknown = sorted(set(query) - set(DiskCacheStore.URL_OPTIONS))
@@ -134,7 +134,17 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
                 f"diskcache URLs take {', '.join(DiskCacheStore.URL_OPTIONS)}"
             )
         _check_options(options, _keyword_options(DiskCacheStore), "diskcache")
-        return DiskCacheStore(_local_path(url, scheme), **query, **options)
+        twice = sorted(set(query) & set(options))
+        if twice:
+            raise ConfigError(
+                f"{twice[0]} is given twice, in {redact_url(url)!r} and as a keyword: keep one"
+            )
+        path = _local_path(url, scheme)
+        try:
+            check_settings(f"{scheme}://{path}", **query)
+        except ConfigError as exc:  # the URL's own options: the URL is at fault
+            raise InvalidURLError(str(exc)) from exc
+        return DiskCacheStore(path, **query, **options)
     if family in ("sqlite", "postgresql", "postgres"):
         from cachedvec.stores.sql import SQLStore
 

@@ -12,10 +12,12 @@ of that every cachedvec store
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Collection, Sequence
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from langchain_core.stores import ByteStore
 
@@ -38,6 +40,28 @@ class NamespaceStats(NamedTuple):
 def namespace_of(key: str) -> str:
     """``cv1:<slug>:<fp>:<kind>:`` for a cachedvec key, :data:`OTHER_KEYS` otherwise."""
     return key.rstrip(_HEX) if key.startswith("cv1:") else OTHER_KEYS
+
+
+def check_seconds(name: str, value: Any, *, maximum: int, zero: bool = True) -> float:
+    """``value`` as a float of seconds, else a :class:`ConfigError` naming ``name``.
+
+    A store option counts seconds from 0 (above 0 with ``zero=False``) up to
+    ``maximum``. A bool (``busy_timeout=True`` is a mistake, not one second),
+    a string, NaN and the infinities are refused; numpy numbers are fine.
+    """
+    try:
+        seconds = float(value) if isinstance(value, numbers.Real) else math.nan
+    except OverflowError:  # an int beyond any float
+        seconds = math.inf
+    if (
+        isinstance(value, bool)
+        or not math.isfinite(seconds)
+        or not (seconds >= 0 if zero else seconds > 0)
+        or seconds > maximum
+    ):
+        span = f"from 0 to {maximum:,}" if zero else f"above 0, at most {maximum:,}"
+        raise ConfigError(f"{name} must be a number of seconds {span}, got {value!r:.60}")
+    return seconds
 
 
 def prune_cutoff(older_than: float) -> float | None:

@@ -27,6 +27,8 @@ out-of-folder record: such entries read as missing and are recomputed.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import sqlite3
 import time
@@ -36,7 +38,7 @@ from typing import Any
 
 import diskcache
 
-from cachedvec.errors import InvalidKeyError, InvalidURLError, InvalidValueError, StoreError
+from cachedvec.errors import ConfigError, InvalidKeyError, InvalidValueError, StoreError
 from cachedvec.stores.base import CachedVecStore
 
 log = logging.getLogger(__name__)
@@ -59,15 +61,19 @@ _SELECT = (
     "SELECT key, mode, filename, value, access_time FROM Cache WHERE raw = 1 AND key IN ({}) "
     "AND (expire_time IS NULL OR expire_time > ?)"
 )
+_MAX_INTEGER = 2**63 - 1  # diskcache keeps its settings in SQLite integers
+# Longest first, so that "mib" is not read as "b".
 _UNITS = {
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
     "kib": 2**10,
     "mib": 2**20,
     "gib": 2**30,
     "tib": 2**40,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "b": 1,
+    "": 1,
 }
 
 
@@ -95,14 +101,78 @@ class _RawOnlyDisk(diskcache.Disk):
 
 
 def parse_size(text: str | int | float) -> int:
-    """``"1e9"``, ``"500MB"``, ``"2GiB"`` or a number -> bytes."""
-    if isinstance(text, (int, float)):
-        return int(text)
-    s = text.strip().lower()
-    for unit in sorted(_UNITS, key=len, reverse=True):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * _UNITS[unit])
-    return int(float(s.rstrip("b") or "x"))
+    """``"1e9"``, ``"500MB"``, ``"2GiB"`` or a number -> bytes; ``ValueError`` otherwise.
+
+    Refuses a bool, NaN, the infinities and anything that is not a size.
+    """
+    if isinstance(text, bool) or not isinstance(text, (str, numbers.Real)):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, str):
+        digits, suffix = text.strip(), _unit_of(text)
+        size = float(digits[: len(digits) - len(suffix)]) * _UNITS[suffix]
+    else:
+        size = float(text)
+    if not math.isfinite(size):
+        raise ValueError(f"not a finite size: {text!r}")
+    return int(size)
+
+
+def _unit_of(text: object) -> str:
+    """The unit a size ends with (``"mib"``, ``"b"``...), lower-cased; ``""`` for none."""
+    if not isinstance(text, str):
+        return ""
+    low = text.strip().lower()
+    return next((unit for unit in _UNITS if unit and low.endswith(unit)), "")
+
+
+def check_settings(
+    url: str,
+    *,
+    size_limit: Any = DEFAULT_SIZE_LIMIT,
+    eviction_policy: Any = "least-recently-stored",
+    cull_limit: Any = None,
+) -> dict[str, Any]:
+    """diskcache's settings for these options, else a :class:`ConfigError` naming one.
+
+    ``url`` only names the store in messages. :func:`~cachedvec.open_store`
+    runs it on a URL's own options first, to blame the URL for them.
+    """
+    try:
+        size = parse_size(size_limit)
+    except (ValueError, OverflowError):
+        raise ConfigError(
+            f"size_limit={size_limit} in {url} is not a size: write bytes (1e9) or a number "
+            "with a unit (500MB, 2GiB)"
+        ) from None
+    if size < MIN_SIZE_LIMIT:
+        unit = "" if _unit_of(size_limit) else " (a number without a unit counts bytes)"
+        raise ConfigError(
+            f"size_limit={size_limit} in {url} is {size:,} bytes{unit}, below the minimum "
+            f"of 1 MiB ({MIN_SIZE_LIMIT:,} bytes): e.g. size_limit=500MB"
+        )
+    if size > _MAX_INTEGER:
+        raise ConfigError(f"size_limit={size_limit} in {url} is more than 8 EiB, beyond any disk")
+    settings: dict[str, Any] = {"size_limit": size, "eviction_policy": eviction_policy}
+    if cull_limit is not None:
+        culled: Any = cull_limit
+        if isinstance(cull_limit, str) and cull_limit.strip().isdecimal():
+            culled = int(cull_limit)
+        if (
+            isinstance(culled, bool)
+            or not isinstance(culled, numbers.Integral)
+            or not 0 <= int(culled) <= _MAX_INTEGER
+        ):
+            raise ConfigError(
+                f"cull_limit={cull_limit} in {url} must be a whole number of 0 or more "
+                "(the entries one write may evict)"
+            )
+        settings["cull_limit"] = int(culled)
+    if eviction_policy not in EVICTION_POLICIES:
+        raise ConfigError(
+            f"unknown eviction_policy {eviction_policy!r} in {url}: "
+            f"use one of {', '.join(EVICTION_POLICIES)}"
+        )
+    return settings
 
 
 class DiskCacheStore(CachedVecStore):
@@ -123,34 +193,16 @@ class DiskCacheStore(CachedVecStore):
         create: bool = True,
     ) -> None:
         self.url = f"diskcache://{directory}"
+        settings = check_settings(
+            self.url, size_limit=size_limit, eviction_policy=eviction_policy, cull_limit=cull_limit
+        )
         if not create and not os.path.isdir(os.path.expanduser(directory)):
             raise StoreError(
                 f"cannot open diskcache store {self.url}: no such folder (no cache has been "
                 "written there)"
             )
-        settings: dict[str, Any] = {
-            # Keep every vector inside SQLite: no value files to manage.
-            "disk_min_file_size": 2**20,
-            "eviction_policy": eviction_policy,
-        }
-        try:
-            settings["size_limit"] = parse_size(size_limit)
-            if cull_limit is not None:
-                settings["cull_limit"] = int(cull_limit)
-        except (ValueError, OverflowError) as exc:
-            raise InvalidURLError(f"bad size option in {self.url}: {exc}") from exc
-        if settings["size_limit"] < MIN_SIZE_LIMIT:
-            raise InvalidURLError(
-                f"size_limit={size_limit} in {self.url} is below 1 MiB: "
-                "write it with a unit, e.g. size_limit=500MB"
-            )
-        if settings.get("cull_limit", 0) < 0:
-            raise InvalidURLError(f"cull_limit must be 0 or more in {self.url}")
-        if eviction_policy not in EVICTION_POLICIES:
-            raise InvalidURLError(
-                f"unknown eviction_policy {eviction_policy!r} in {self.url}: "
-                f"use one of {', '.join(EVICTION_POLICIES)}"
-            )
+        # Keep every vector inside SQLite: no value files to manage.
+        settings["disk_min_file_size"] = 2**20
         self._size_limit: int = settings["size_limit"]
         try:
             self.cache = diskcache.Cache(os.fspath(directory), disk=_RawOnlyDisk, **settings)

@@ -57,15 +57,21 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from cachedvec.errors import (
-    ConfigError,
     InvalidKeyError,
     InvalidURLError,
     InvalidValueError,
     SchemaError,
     StoreError,
+    check_count,
 )
 from cachedvec.stores import redact_url
-from cachedvec.stores.base import OTHER_KEYS, CachedVecStore, NamespaceStats, prune_cutoff
+from cachedvec.stores.base import (
+    OTHER_KEYS,
+    CachedVecStore,
+    NamespaceStats,
+    check_seconds,
+    prune_cutoff,
+)
 from cachedvec.stores.sql_schema import (
     SCHEMA_REVISION,
     SQLITE_APPLICATION_ID,
@@ -87,6 +93,12 @@ _PAGE = 900  # keys per page when listing or pruning (an IN list of them too)
 _SQLITE_PAGE_SIZE = 16_384
 _SQLITE_MMAP_SIZE = 1 << 30
 _HEX_DIGITS = "0123456789abcdef"
+# SQLite keeps its busy timeout in milliseconds in a C int: a longer one
+# silently becomes 0 (no waiting at all).
+_MAX_BUSY_TIMEOUT = 2_147_483  # about 24 days
+# Far beyond any use, and small enough that "now - touch_interval" stays a
+# 64-bit integer, which both databases compare with their timestamps.
+_MAX_TOUCH_INTERVAL = 2**32
 
 
 # --------------------------------------------------------------------- URLs
@@ -109,6 +121,13 @@ def _normalise_url(url: str) -> sa.URL:
     # ImportError-like message instead of a URL error.
     backend, _, driver = parsed.drivername.lower().partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
+        if parsed.host or parsed.port or parsed.username or parsed.password:
+            # sqlite://host/x.db: SQLAlchemy would refuse it only when
+            # connecting, and read the path as x.db meanwhile.
+            raise InvalidURLError(
+                f"{redact_url(url)!r}: a SQLite URL names a file, never a host: write "
+                "sqlite:///relative/path.db (three slashes) or sqlite:////absolute/path.db (four)"
+            )
         if not parsed.database or parsed.database == ":memory:":
             raise InvalidURLError(
                 f"{redact_url(url)!r} names no file: use sqlite:///relative.db or "
@@ -118,9 +137,10 @@ def _normalise_url(url: str) -> sa.URL:
             # The sqlite3 driver would ignore most of them with only a warning:
             # a misspelt or misplaced option must not pass silently.
             raise InvalidURLError(
-                f"{redact_url(url)!r}: SQLite store URLs take no query parameters "
-                f"(got {', '.join(sorted(parsed.query))}); pass store options to "
-                "open_store as keywords, e.g. busy_timeout=60, durable=True"
+                f"{redact_url(url)!r}: SQLite store URLs take no parameters (got "
+                f"{', '.join(sorted(parsed.query))}); the store's options (busy_timeout, "
+                "touch_interval, durable) are keywords of open_store() in Python, with no "
+                "command-line form"
             )
         # "~" as in file:// and diskcache:// URLs (sqlite3 would make a folder named "~").
         return parsed.set(drivername="sqlite", database=os.path.expanduser(parsed.database))
@@ -417,10 +437,14 @@ class SQLStore(CachedVecStore):
             ``False`` a missing file is an error. PostgreSQL databases are
             never created or migrated implicitly.
         busy_timeout: seconds a SQLite writer waits for another writer
-            before giving up.
+            before giving up (above 0, at most 2,147,483: SQLite's limit).
         touch_interval: a read refreshes an entry's last-read time only when
             it is older than this many seconds; ``0`` never refreshes it.
         pool_size: connections kept open to a PostgreSQL server.
+
+    A numeric option that is NaN, infinite, negative, a bool or not a number
+    is a :class:`~cachedvec.errors.ConfigError` naming it, before anything
+    is opened.
         durable: make every write durable before it returns (SQLite
             ``synchronous=FULL``, PostgreSQL ``synchronous_commit=on``). By
             default a power cut (SQLite) or a server crash (PostgreSQL) may
@@ -438,8 +462,13 @@ class SQLStore(CachedVecStore):
         pool_size: int = 5,
         durable: bool = False,
     ) -> None:
-        if busy_timeout <= 0 or touch_interval < 0 or pool_size < 1:
-            raise ConfigError("busy_timeout and pool_size must be positive, touch_interval >= 0")
+        busy_timeout = check_seconds(
+            "busy_timeout", busy_timeout, maximum=_MAX_BUSY_TIMEOUT, zero=False
+        )
+        touch_interval = check_seconds(
+            "touch_interval", touch_interval, maximum=_MAX_TOUCH_INTERVAL
+        )
+        pool_size = check_count("pool_size", pool_size)
         self.url = redact_url(url)
         self._raw_url = url
         self._sa_url = _normalise_url(url)
@@ -522,6 +551,9 @@ class SQLStore(CachedVecStore):
             return
         hint = self._migrate_hint()
         if revision is None and has_entries:
+            if self._entries_table_is_foreign():
+                # migrate would refuse it too: no hint to run it.
+                raise migrate.foreign_table_error(self._raw_url, [entries.name])
             raise SchemaError(
                 f"store {self.url} has a table {entries.name} but no recorded cachedvec "
                 f"schema revision ({hint})"
@@ -537,6 +569,16 @@ class SQLStore(CachedVecStore):
             f"store {self.url} has cachedvec schema revision {revision}, "
             f"this cachedvec needs {SCHEMA_REVISION} ({hint})"
         )
+
+    def _entries_table_is_foreign(self) -> bool:
+        """Whether the entries table, found without a revision, is not cachedvec's schema."""
+        from cachedvec import migrate
+
+        try:
+            with self._engine.connect() as conn:
+                return migrate.differs_from_newest_schema(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(describe_connection_error(self._raw_url, exc)) from exc
 
     def _read_schema_state(self) -> tuple[str | None, bool, bool]:
         """(the schema revision or None, whether the entries table exists,
