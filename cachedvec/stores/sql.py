@@ -431,8 +431,9 @@ class SQLStore(CachedVecStore):
     Args:
         url: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
             ``postgresql+psycopg://user:password@host:port/database`` (also
-            ``postgresql://``); a URL query is passed to the driver (for
-            example ``?sslmode=require&connect_timeout=5``).
+            ``postgresql://``); a PostgreSQL URL's query is passed to the
+            driver (for example ``?sslmode=require&connect_timeout=5``), a
+            SQLite URL takes none.
         create: create a missing SQLite file (and its folder). With
             ``False`` a missing file is an error. PostgreSQL databases are
             never created or migrated implicitly.
