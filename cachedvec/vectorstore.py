@@ -64,9 +64,10 @@ class CachedVectorStore(VectorStore):
         ef_search, nprobe: search-time accuracy of HNSW and IVF indexes.
         rerank: candidates per result re-scored exactly with the vectors of
             the embeddings' cache (``embedding.store``, as
-            :class:`CachedEmbeddings` has), for compressed (PQ, SQ) indexes.
-            An index saved with the setting re-ranks when loaded with such
-            embeddings.
+            :class:`CachedEmbeddings` has), for compressed (PQ, SQ) indexes;
+            at least 32 per query (``k * rerank`` when larger), so ``k=1``
+            answers as the first result of a larger search. An index saved
+            with the setting re-ranks when loaded with such embeddings.
         dim: the vector dimension, when the embeddings do not tell it; the
             index is otherwise created on the first add.
         index: an existing :class:`VectorIndex` to wrap (see :meth:`load`).

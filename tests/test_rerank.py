@@ -15,6 +15,7 @@ from cachedvec.codec import VectorCodec
 from cachedvec.embeddings import CachedEmbeddings
 from cachedvec.errors import ConfigError
 from cachedvec.index import VectorIndex, read_manifest
+from cachedvec.index.rerank import MIN_CANDIDATES, candidate_pool
 from cachedvec.reindexing import DEFAULT_PQ_RERANK, default_rerank
 from cachedvec.stores import open_store
 from cachedvec.testing import FakeEmbeddings
@@ -433,3 +434,55 @@ def test_query_job_reranks_from_its_store(tmp_path: Path) -> None:
         question, k=5, index=tmp_path / "idx", store=url, model=FakeEmbeddings(DIM), rerank=10
     )
     assert max(errors(hits)) < 1e-5
+
+
+def test_a_single_result_sees_the_minimum_pool(store) -> None:  # type: ignore[no-untyped-def]
+    # k=1 with the default factor once asked FAISS for only 4 candidates, so
+    # the exact best was often not among them. The pool now has at least
+    # MIN_CANDIDATES, and a one-result search answers as the first result of
+    # a larger one does.
+    factor = DEFAULT_PQ_RERANK
+    truth = exact(QUERIES, 1)[:, 0]
+    with build(rerank=factor) as vindex:
+        # What the old pool held: PQ's own top k x factor, then scored exactly.
+        old_pool = [[int(h.id[1:]) for h in hits] for hits in vindex.search_batch(QUERIES, factor)]
+        old_best = np.array(
+            [
+                max(pool, key=lambda i: float(q @ VECTORS[i]))
+                for q, pool in zip(QUERIES, old_pool, strict=True)
+            ]
+        )
+        vindex.attach_cache(store)
+        single = [hits[0] for hits in vindex.search_batch(QUERIES, 1)]
+        one_by_one = [vindex.search(query, 1)[0] for query in QUERIES[:10]]
+        larger = [hits[0] for hits in vindex.search_batch(QUERIES, MIN_CANDIDATES // factor)]
+        group = {"group": 2}
+        filtered = [vindex.search(query, 1, filter=group)[0] for query in QUERIES[:10]]
+        filtered_larger = [vindex.search(query, 8, filter=group)[0] for query in QUERIES[:10]]
+    new_best = np.array([int(h.id[1:]) for h in single])
+    assert (old_best != truth).sum() >= 5, "the data no longer shows the old defect"
+    # 30 of the 60 were right before, 57 now (PQ does not place all near ties
+    # in the top 32 either); the margin allows for FAISS's k-means threads.
+    assert (new_best == truth).mean() >= 0.9, new_best != truth
+    assert np.all(new_best[old_best == truth] == truth[old_best == truth])  # never worse
+    assert single == larger and single[:10] == one_by_one
+    assert filtered == filtered_larger  # the filtered path gathers the same pool
+    for query, hit in zip(QUERIES, single, strict=True):  # the exact score
+        assert hit.score == pytest.approx(float(query @ VECTORS[int(hit.id[1:])]), abs=1e-5)
+
+
+def test_the_pool_never_exceeds_the_index(store) -> None:  # type: ignore[no-untyped-def]
+    # Fewer documents than MIN_CANDIDATES: every one is a candidate, so k=1
+    # is the exact best, and nothing asks FAISS for more than it holds.
+    assert candidate_pool(1, 4, 10_000) == MIN_CANDIDATES
+    assert candidate_pool(10, 4, 10_000) == 40
+    assert candidate_pool(1, 4, 20) == 20
+    n, gone = 40, 15
+    with build("PQ16x4np", rerank=2, n=n) as vindex:
+        vindex.attach_cache(store)
+        vindex.delete([f"d{i}" for i in range(gone)])  # 25 left, fewer than the minimum
+        assert len(vindex) < MIN_CANDIDATES
+        for query in QUERIES:
+            (hit,) = vindex.search(query, 1)
+            assert hit.id == f"d{gone + int(np.argmax(VECTORS[gone:n] @ query))}"
+        assert len(vindex.search(QUERIES[0], 10)) == 10

@@ -6,10 +6,12 @@ the 1M-vector benchmark IVF-PQ found 0.897 of the exact top 10, and probing
 more lists did not help (docs/scaling.md). The exact float32 vector of every
 document is still in the embedding cache under the cache key the docstore
 records, so :class:`~cachedvec.index.VectorIndex` can ask FAISS for
-``k * factor`` candidates, read their vectors back from the cache, score
-them exactly and keep the best ``k`` (FAISS's ``IndexRefine`` does the same
-with the float32 vectors held in RAM, which is what a compressed index is
-meant to avoid).
+``k * factor`` candidates (at least :data:`MIN_CANDIDATES`, at most every
+document: :func:`candidate_pool`), read their vectors back from the cache,
+score them exactly and keep the best ``k`` (FAISS's ``IndexRefine`` does
+the same with the float32 vectors held in RAM, which is what a compressed
+index is meant to avoid). The minimum matters for small ``k``: ``k=1``
+with the default factor 4 would otherwise re-score only 4 candidates.
 
 A candidate whose vector the cache does not hold (pruned, another store) or
 holds damaged keeps the vector the index reconstructs from its codes, so
@@ -35,10 +37,27 @@ Ids = np.ndarray
 
 log = logging.getLogger(__name__)
 
+#: The fewest candidates a re-ranked search scores exactly, whatever ``k``:
+#: ``k * factor`` alone gives a one-result search only ``factor`` of them
+#: (4 by default), too few to hold the exact best when PQ's code error
+#: reorders near ties. Reading 32 vectors from the cache is one small batch.
+MIN_CANDIDATES = 32
+
 _READ_BATCH = 4096
 # Candidate rows gathered per scoring step (rows x dim floats): bounds the
 # memory of a large batch of queries to ~25 MB at 384 dimensions.
 _SCORE_ROWS = 16_384
+
+
+def candidate_pool(k: int, factor: int, count: int) -> int:
+    """Candidates a re-ranked search of ``k`` results fetches per query.
+
+    ``k * factor`` (the factor is "candidates per result"), but at least
+    :data:`MIN_CANDIDATES`, and never more than the ``count`` documents held.
+    So ``k=1`` sees as many candidates as ``k=8`` with the default factor 4,
+    and its answer is the first result of that larger search.
+    """
+    return min(max(k * factor, MIN_CANDIDATES), count)
 
 
 def check_rerank(value: Any) -> int | None:

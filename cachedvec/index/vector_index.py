@@ -17,8 +17,9 @@ every document and scores the matches exactly. Either way ``k`` results
 come back whenever ``k`` documents match.
 
 Re-ranking from the cache (opt in: ``rerank=N`` and :meth:`attach_cache`):
-FAISS is asked for ``k * N`` candidates, in the one place both search paths
-go through (:meth:`_candidates`), and :mod:`cachedvec.index.rerank` scores
+FAISS is asked for ``k * N`` candidates (at least 32, at most every
+document), in the one place both search paths go through
+(:meth:`_candidates`), and :mod:`cachedvec.index.rerank` scores
 them exactly with the vectors the cache holds under their cache keys. The
 factor is saved with the index; the store is not: an index opened without
 one (a bare :meth:`VectorIndex.load`) searches without re-ranking.
@@ -44,7 +45,12 @@ from cachedvec.index.docstore import DocStore, Record, parse_metadata
 from cachedvec.index.faiss_index import FaissIndex, Ids, Matrix
 from cachedvec.index.filters import Filter, Predicate, compile_filter
 from cachedvec.index.mmr import mmr_select
-from cachedvec.index.rerank import CacheReranker, check_rerank, scores_exactly
+from cachedvec.index.rerank import (
+    CacheReranker,
+    candidate_pool,
+    check_rerank,
+    scores_exactly,
+)
 from cachedvec.index.rwlock import ReadWriteLock
 from cachedvec.keys import ModelFingerprint
 
@@ -81,8 +87,10 @@ class VectorIndex:
     the first batch added (or call :meth:`train` with a sample first).
     ``ef_search`` (HNSW) and ``nprobe`` (IVF) trade speed for recall.
     ``rerank``: candidates per result re-scored exactly from the cache once a
-    store is attached (:meth:`attach_cache`); for compressed (PQ, SQ)
-    indexes, ignored by flat ones, which already score exactly.
+    store is attached (:meth:`attach_cache`), at least 32 per query
+    (``rerank.MIN_CANDIDATES``, so ``k=1`` is not left with a handful); for
+    compressed (PQ, SQ) indexes, ignored by flat ones, which already score
+    exactly.
     """
 
     def __init__(
@@ -478,17 +486,21 @@ class VectorIndex:
     ) -> tuple[Matrix, Ids]:
         """Top-k ``(scores, vector ids)`` per query, -1 padded; under the read lock.
 
-        With re-ranking, both paths collect ``k * factor`` candidates (matching
-        the filter, if any) and the exact scores pick the ``k``.
+        With re-ranking, both paths collect ``k * factor`` candidates, at
+        least ``MIN_CANDIDATES`` (matching the filter, if any; see
+        :func:`~cachedvec.index.rerank.candidate_pool`), and the exact scores
+        pick the ``k``.
         """
         if self._count == 0:
             empty = np.empty((len(matrix), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         reranker = self._active_reranker()
-        factor = self._rerank if reranker is not None and self._rerank else 1
         # Never more than exist: result arrays are allocated k wide, and a
         # huge k (``k=len(everything)`` on a guess) must not become terabytes.
-        wanted = min(k * factor, self._count)
+        if reranker is None or not self._rerank:
+            wanted = min(k, self._count)
+        else:
+            wanted = candidate_pool(k, self._rerank, self._count)
         if predicate is None:
             scores, ids = self._unfiltered(matrix, wanted)
         else:
