@@ -19,8 +19,8 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
-def run(script: str, *args: str | Path) -> str:
-    """Run an example from the repository root; its stdout (stderr shown on failure)."""
+def launch(script: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run an example from the repository root; it must succeed (output shown if not)."""
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *map(str, args)],
         capture_output=True,
@@ -30,7 +30,12 @@ def run(script: str, *args: str | Path) -> str:
     )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
     assert "Traceback" not in done.stderr
-    return done.stdout
+    return done
+
+
+def run(script: str, *args: str | Path) -> str:
+    """Run an example from the repository root; its stdout."""
+    return launch(script, *args).stdout
 
 
 def numbers(pattern: str, text: str) -> tuple[int, ...]:
@@ -94,7 +99,8 @@ def test_retriever_rag(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_reindexing(tmp_path: Path) -> None:
-    out = run("reindexing.py", "--workdir", tmp_path)
+    done = launch("reindexing.py", "--workdir", tmp_path)
+    out = done.stdout
     chunks, computed, cached = numbers(
         r"ingest Flat: (\d+) chunks, (\d+) vectors computed, (\d+) from the cache", out
     )
@@ -106,8 +112,23 @@ def test_reindexing(tmp_path: Path) -> None:
             out,
         )
         assert rebuilt == (chunks, 0, chunks)  # zero model calls
-    answers = re.findall(r"top answer: \[[-\d.]+\] (\S+)", out)
-    assert answers == ["halcyon-k2-kettle/troubleshooting.md"] * 3
+    answers = re.findall(r"top answer: \[([-\d.]+)\] (\S+)", out)
+    assert [source for _, source in answers] == ["halcyon-k2-kettle/troubleshooting.md"] * 3
+    # Re-ranked from the cache, the PQ index's one answer is the exact best
+    # (k=1 re-scores a pool of candidates, not only 4), scored as on Flat.
+    assert len({score for score, _ in answers}) == 1, answers
+    # The docstring's training warning is cachedvec's one line, not FAISS's.
+    docstring = ast.get_docstring(ast.parse((EXAMPLES / "reindexing.py").read_text("utf-8")))
+    assert docstring
+    docstring = " ".join(docstring.split())  # as one line, like the warning
+    said = re.search(
+        r"``(training IVF4,PQ16x4 on only \d+ vectors: k-means wants [^`]*?); \.\.\.``", docstring
+    )
+    assert said, docstring
+    warnings = [line for line in done.stderr.splitlines() if "k-means wants" in line]
+    assert len(warnings) == 1 and said.group(1) in warnings[0], done.stderr
+    assert f"on only {chunks} vectors" in warnings[0]
+    assert "training points" not in done.stderr  # FAISS's "please provide at least ..."
 
 
 @pytest.mark.model
