@@ -38,6 +38,7 @@ retried batch finds what its predecessor wrote.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -57,11 +58,14 @@ from cachedvec.errors import (
     CachedVecError,
     ClusterError,
     ConfigError,
+    InvalidURLError,
     MissingVectorsError,
     check_count,
 )
 from cachedvec.index import VectorIndex
+from cachedvec.index.persist import check_expectations, read_manifest
 from cachedvec.ingestion import (
+    CLEANUP_MODES,
     IngestReport,
     Paths,
     _identified,
@@ -89,6 +93,10 @@ _LOCAL_STORES = ("file", "sqlite", "diskcache")
 _CONNECT_TIMEOUT = 5.0
 _LOOKUP_BATCH = 10_000
 _RAY_CLIENT_PORT = 10001
+_RAY_ADDRESS_VARIABLE = "RAY_ADDRESS"
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HTTP2_SETTINGS = 0x04  # the frame type every HTTP/2 server sends first
+_HTTP2_EMPTY_SETTINGS = bytes([0, 0, 0, _HTTP2_SETTINGS, 0, 0, 0, 0, 0])
 
 
 # -- checks before work starts -------------------------------------------------------
@@ -103,55 +111,134 @@ def _ray() -> Any:
 
 
 def connect(address: str | None = None, *, workers: int = DEFAULT_WORKERS) -> bool:
-    """Join the Ray cluster at ``address`` (``None``: start a local one with ``workers`` CPUs).
+    """Join the Ray cluster at ``address``, or start a local one with ``workers`` CPUs at least.
+
+    ``address``: ``None`` joins the cluster that the ``RAY_ADDRESS``
+    environment variable names (Ray Jobs and head nodes set it), or starts a
+    local Ray when it is unset; ``"local"`` always starts a local Ray;
+    ``"auto"`` joins a cluster started with ``ray start`` on this machine;
+    ``host:port`` joins that head node (its GCS port, 6379 by default);
+    ``ray://host:port`` needs the Ray client (``pip install "ray[client]"``).
+    An address that is not reachable, or does not answer as a Ray cluster, is
+    a :class:`ClusterError` within seconds instead of Ray's long wait.
 
     Returns True when this call connected (the caller then shuts Ray down),
     False when Ray was already initialised in this process.
     """
     check_count("workers", workers)
     ray = _ray()
-    if address not in (None, "auto", "local"):
-        _check_reachable(address)
+    target, where = _resolve_address(address)
+    if target not in ("auto", "local"):
+        _check_reachable(target, where)
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {
+        "address": target,
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
-    if address in (None, "local"):
+    if target == "local":
+        # "local", not None: Ray would read RAY_ADDRESS (or a cluster that
+        # `ray start` left on this machine) and then refuse num_cpus.
         options["num_cpus"] = max(workers, os.cpu_count() or 1)
         # A cluster of our own, in this process's lifetime: Ray's notice that
         # it turned token authentication on is not news to act on.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
-    else:
-        options["address"] = address
     try:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ClusterError(f"cannot join the Ray cluster at {address}: {exc}") from exc
+        raise ClusterError(f"cannot join the Ray cluster at {where}: {exc}") from exc
     return True
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast: ``ray.init`` waits minutes for a head node that does not answer."""
-    parts = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+def _resolve_address(address: str | None) -> tuple[str, str]:
+    """The address for ``ray.init`` and how errors name it; a bad one fails here.
+
+    Needs no network and no Ray: a malformed address, or a ``ray://`` one
+    without the Ray client installed, is refused even by a run that ends up
+    not connecting (nothing to compute).
+    """
+    from_env = os.environ.get(_RAY_ADDRESS_VARIABLE, "").strip()
+    if address in (None, "auto") and from_env:
+        # Ray itself would read the variable; we read it first to check it.
+        target, where = from_env, f"{from_env} (from {_RAY_ADDRESS_VARIABLE})"
+    elif address is None:
+        return "local", "local"
+    else:
+        target = where = address
+    if target in ("auto", "local"):
+        return target, where
+    _host_port(target, where)
+    if target.lower().startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise ClusterError(
+            f"{where} is a Ray Client address, which needs the Ray client: "
+            'pip install "ray[client]" (or give the head node\'s GCS address, host:6379)'
+        )
+    return target, where
+
+
+def _host_port(address: str, where: str) -> tuple[str, int]:
+    parts = urlsplit(address if "://" in address else f"//{address}")
     try:
         host = parts.hostname
-        port = parts.port or (_RAY_CLIENT_PORT if parts.scheme == "ray" else None)
+        port = parts.port or (_RAY_CLIENT_PORT if parts.scheme.lower() == "ray" else None)
     except ValueError:
         host = port = None
-    if not host or not port:
-        raise ConfigError(f"Ray address {address!r} is not host:port or ray://host:port")
+    if parts.scheme.lower() not in ("", "ray") or not host or not port:
+        hint = (
+            "; http:// addresses are the dashboard's, for `ray job submit`"
+            if parts.scheme.lower() in ("http", "https")
+            else ""
+        )
+        raise ConfigError(
+            f"Ray address {where!r} is not host:port: give the head node's GCS address, "
+            f"host:6379 by default{hint}"
+        )
+    return host, port
+
+
+def _check_reachable(address: str, where: str) -> None:
+    """Fail fast: ``ray.init`` waits minutes, printing C++ log lines, for a head node
+    that does not answer, or for a port where something else listens."""
+    host, port = _host_port(address, where)
     try:
-        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT).close()
+        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT) as sock:
+            # Ray's GCS (and its client server) speak gRPC, so HTTP/2; with
+            # Ray's TLS on, the handshake comes first and is not ours to make.
+            speaks_grpc = _tls_on() or _speaks_http2(sock)
     except OSError as exc:
         raise ClusterError(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; check the "
-            "head node's address (host:6379, or ray://host:10001) and that it is running"
+            f"cannot reach the Ray cluster at {where}: {exc.strerror or exc}; check the "
+            "head node's address (host:6379) and that it is running"
         ) from exc
+    if not speaks_grpc:
+        raise ClusterError(
+            f"{where} does not answer as a Ray cluster (something else listens there): "
+            "give the head node's GCS address, host:6379 by default (8265 is the dashboard)"
+        )
+
+
+def _tls_on() -> bool:
+    return os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true")
+
+
+def _speaks_http2(sock: socket.socket) -> bool:
+    """Whether the server answers an HTTP/2 client preface with its SETTINGS frame."""
+    try:
+        sock.sendall(_HTTP2_PREFACE + _HTTP2_EMPTY_SETTINGS)
+        header = b""
+        while len(header) < 9:  # a frame header: length (3), type, flags, stream id (4)
+            part = sock.recv(9 - len(header))
+            if not part:
+                return False
+            header += part
+    except OSError:  # a timeout, or a server that hung up on the preface
+        return False
+    stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+    return header[3] == _HTTP2_SETTINGS and stream == 0
 
 
 def shared_store_url(url: str) -> str:
@@ -160,7 +247,7 @@ def shared_store_url(url: str) -> str:
     Needs a connected Ray. Local paths are made absolute, since Ray workers
     do not run in the driver's working folder.
     """
-    family = refuse_private_store(url)
+    url, family = _absolute_store_url(url)
     if family not in _LOCAL_STORES:
         return url
     nodes = [node for node in _ray().nodes() if node.get("Alive")]
@@ -171,7 +258,7 @@ def shared_store_url(url: str) -> str:
             f"{len(nodes)} node(s) and workers elsewhere would each write a cache of their own. "
             "Use a store every node reaches, e.g. postgresql+psycopg://user@host/db"
         )
-    return _absolute(url, family)
+    return url
 
 
 def refuse_private_store(url: str) -> str:
@@ -186,15 +273,40 @@ def refuse_private_store(url: str) -> str:
     return family
 
 
-def _absolute(url: str, family: str) -> str:
+def _absolute_store_url(url: str) -> tuple[str, str]:
+    """``url`` with a local path made absolute (no Ray needed), and its scheme family."""
+    family = refuse_private_store(url)
+    if family not in _LOCAL_STORES:
+        return url, family
+    scheme, path, query = _split_local(url, family)
+    absolute = os.path.abspath(os.path.expanduser(path))
+    sep = "/" if family == "sqlite" else ""
+    return f"{scheme}://{sep}{absolute}" + (f"?{query}" if query else ""), family
+
+
+def _split_local(url: str, family: str) -> tuple[str, str, str]:
+    """Scheme, path and query of a local store URL; an empty path is refused."""
     scheme, rest = url.split("://", 1)
     if family == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
         path, _, query = rest[1:].partition("?")
     else:  # file:///absolute, file://relative
         path, _, query = rest.partition("?")
-    absolute = os.path.abspath(os.path.expanduser(path))
-    sep = "/" if family == "sqlite" else ""
-    return f"{scheme}://{sep}{absolute}" + (f"?{query}" if query else "")
+    if not path:
+        # As the local engine says: the empty path would become the current folder.
+        if family == "sqlite":
+            raise InvalidURLError(
+                f"{redact_url(url)!r} names no file: use sqlite:///relative.db or "
+                "sqlite:////absolute.db (memory:// is the in-process store)"
+            )
+        raise InvalidURLError(f"{redact_url(url)!r} names no folder: use {scheme}:///absolute/path")
+    return scheme, path, query
+
+
+def _store_exists(url: str, family: str) -> bool:
+    """False for a local store not created yet (reading it must not create it)."""
+    if family not in _LOCAL_STORES:
+        return True
+    return os.path.exists(_split_local(url, family)[1])
 
 
 def _check_model_spec(model: ModelSpec) -> None:
@@ -447,50 +559,67 @@ def ingest(
 ) -> IngestReport:
     """:func:`cachedvec.ingest` with the model calls fanned out over a Ray actor pool.
 
-    Same arguments and report, plus ``address`` (``None``: a local Ray),
-    ``workers`` (actors) and ``retries``. ``model`` as in
-    :func:`embed_dataset`. ``computed`` counts vectors the workers computed.
+    Same arguments and report, plus ``address`` (as in :func:`connect`:
+    ``None`` is ``RAY_ADDRESS`` if set, else a local Ray), ``workers``
+    (actors) and ``retries``. ``model`` as in :func:`embed_dataset`.
+    ``computed`` counts vectors the workers computed.
+
+    Sources, chunk settings, model, index and store URL are checked before
+    Ray is contacted, and when the cache already holds every vector the run
+    needs no cluster at all (nor checks that ``address`` answers).
     """
     from cachedvec.ingestion import ingest as ingest_locally
 
     started = time.perf_counter()
     paths = as_paths(paths)
-    # Here, not only in embed_dataset: Ray meets the count only when some text needs
-    # embedding, so a bad one passed unnoticed on other runs or failed mid-job.
+    # Every mistake that needs no cluster fails here, before Ray starts (seconds).
+    # The counts too: Ray meets them only when some text needs embedding, so a
+    # bad one would pass unnoticed on other runs or fail mid-job.
     check_count("workers", workers)
     check_count("batch_size", batch_size)
     check_count("retries", retries, minimum=0)  # Ray reads -1 as "retry forever"
+    if cleanup not in CLEANUP_MODES:
+        raise ConfigError(f"cleanup must be one of {', '.join(CLEANUP_MODES)}, got {cleanup!r}")
     _check_model_spec(model)
-    refuse_private_store(store)  # before connecting: the cheapest mistake to catch
-    check_index_type(Path(index), factory, metric)  # not after the cluster embedded
+    if importlib.util.find_spec("ray") is None:
+        _ray()  # the error saying how to install it
+    _resolve_address(address)  # its form; whether it answers is checked on connecting
+    store, family = _absolute_store_url(store)  # memory:// and friends refused
+    check_index_type(Path(index), factory, metric)
+    chunker = Chunker(chunk_size, chunk_overlap, text_field)
+    sources = [read_source(path) for path in find_files(paths)]
     driver_model = _build_model(model)
     check_new_index(Path(index), factory, metric, driver_model.fingerprint.dim)
-    owns_ray = connect(address, workers=workers)
-    try:
-        shared = shared_store_url(store)
-        missing = _missing_texts(
-            paths, index, shared, driver_model, chunk_size, chunk_overlap, text_field
+    if (Path(index) / "manifest.json").exists():  # an index of another model: not after Ray
+        check_expectations(
+            read_manifest(index), index, fingerprint=driver_model.fingerprint.to_dict(), dim=None
         )
-        computed = _embed_on_cluster(
-            missing, shared, model, workers, retries, batch_size, show_progress
-        )
-        report = ingest_locally(
-            paths,
-            index=index,
-            store=shared,
-            model=driver_model,
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
-            text_field=text_field,
-            cleanup=cleanup,
-            factory=factory,
-            metric=metric,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-    finally:
-        if owns_ray:
-            _ray().shutdown()
+    missing = _missing_texts(sources, chunker, index, store, family, driver_model)
+    computed = 0
+    if missing:  # else the local pass below does all there is: no cluster at all
+        owns_ray = connect(address, workers=workers)
+        try:
+            store = shared_store_url(store)  # a file store on several nodes is refused
+            computed = _embed_on_cluster(
+                missing, store, model, workers, retries, batch_size, show_progress
+            )
+        finally:
+            if owns_ray:
+                _ray().shutdown()
+    report = ingest_locally(
+        paths,
+        index=index,
+        store=store,
+        model=driver_model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        text_field=text_field,
+        cleanup=cleanup,
+        factory=factory,
+        metric=metric,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     # The local pass found the workers' vectors in the cache: count them as computed.
     looked_up = report.cache_hits + report.computed
     report.computed += computed
@@ -500,24 +629,27 @@ def ingest(
 
 
 def _missing_texts(
-    paths: Sequence[str | os.PathLike[str]],
+    sources: Sequence[Source],
+    chunker: Chunker,
     index: str | os.PathLike[str],
     store: str,
+    family: str,
     model: EmbeddingModel,
-    chunk_size: int,
-    chunk_overlap: int,
-    text_field: str,
 ) -> list[str]:
-    """Unique chunk texts of new or changed sources whose vectors the cache lacks."""
-    chunker = Chunker(chunk_size, chunk_overlap, text_field)
+    """Unique chunk texts of new or changed sources whose vectors the cache lacks.
+
+    A local store that does not exist yet lacks them all, and is not created
+    here: a file store is refused on several nodes only once Ray is up.
+    """
     index_dir = Path(index)
     records = load_records(index_dir) if (index_dir / "manifest.json").exists() else {}
     texts: dict[str, None] = {}
-    for path in find_files(paths):
-        source = read_source(path)
+    for source in sources:
         if records.get(source.name, {}).get("version") != _version(source, chunker):
             texts.update(dict.fromkeys(chunk.text for chunk in chunker.chunks(source)))
     unique = list(texts)
+    if not unique or not _store_exists(store, family):
+        return unique
     missing: list[str] = []
     with CachedEmbeddings(model, store) as emb:
         for start in range(0, len(unique), _LOOKUP_BATCH):

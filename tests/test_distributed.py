@@ -12,7 +12,9 @@ import functools
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,12 @@ import sqlalchemy as sa  # noqa: E402
 import cachedvec  # noqa: E402
 from cachedvec import distributed  # noqa: E402
 from cachedvec.cli import main  # noqa: E402
-from cachedvec.errors import ClusterError, ConfigError  # noqa: E402
+from cachedvec.errors import (  # noqa: E402
+    ClusterError,
+    ConfigError,
+    IndexMismatchError,
+    SourceError,
+)
 from cachedvec.index import VectorIndex  # noqa: E402
 from cachedvec.testing import FakeEmbeddings  # noqa: E402
 
@@ -341,3 +348,159 @@ def test_cli_engine_options(local_ray: None, tmp_path: Path) -> None:
         )
         assert refused.exit_code == 1
         assert refused.output == f"error: workers must be a positive integer, got {count}\n"
+
+
+@pytest.fixture
+def not_ray() -> Iterator[str]:
+    """An open port where an HTTP server answers, as a dashboard or a web server would."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed: the test is over
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_an_open_port_that_is_not_ray_is_refused_without_ray_s_wait(
+    not_ray: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ClusterError, match=f"^{not_ray} does not answer as a Ray cluster"):
+        distributed.connect(not_ray)
+    # RAY_ADDRESS is the address when none is given, and named as such.
+    monkeypatch.setenv("RAY_ADDRESS", not_ray)
+    with pytest.raises(ClusterError, match=rf"^{not_ray} \(from RAY_ADDRESS\) does not answer"):
+        distributed.connect()
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    result = CliRunner().invoke(
+        main,
+        [
+            "ingest",
+            str(corpus),
+            "--engine",
+            "ray",
+            "--index",
+            str(tmp_path / "index"),
+            "--store",
+            f"sqlite:///{tmp_path}/c.db",
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {not_ray} (from RAY_ADDRESS) does not answer")
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_real_ray_head_passes_the_check(local_ray: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    gcs = ray.get_runtime_context().gcs_address
+    assert distributed.connect(gcs) is False  # answered; Ray was already initialised here
+    monkeypatch.setenv("RAY_ADDRESS", gcs)
+    assert distributed.connect() is False
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")
+    with pytest.raises(ClusterError, match=r"cannot reach .* \(from RAY_ADDRESS\)"):
+        distributed.connect()
+
+
+def test_address_local_starts_a_ray_of_its_own_whatever_ray_address_says(tmp_path: Path) -> None:
+    # In a fresh process: ray.init runs for real (this one may have Ray up already).
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    script = (
+        "import functools, sys\n"
+        "from cachedvec import distributed\n"
+        "from cachedvec.testing import FakeEmbeddings\n"
+        "report = distributed.ingest(sys.argv[1], index=sys.argv[2], store=sys.argv[3],\n"
+        f"    model=functools.partial(FakeEmbeddings, {DIM}), address='local', workers=1,\n"
+        "    chunk_size=120, chunk_overlap=0)\n"
+        "print(report.computed)\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(corpus),
+            str(tmp_path / "i"),
+            f"sqlite:///{tmp_path}/c.db",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "4"
+
+
+def test_mistakes_fail_before_connecting_and_a_run_with_nothing_to_compute_needs_no_cluster(
+    tmp_path: Path,
+) -> None:
+    # Nothing answers at this address: a connection attempt would be a ClusterError.
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    store = f"sqlite:///{tmp_path}/c.db"
+    run = functools.partial(
+        distributed.ingest,
+        index=tmp_path / "index",
+        store=store,
+        model=fake_model("early"),
+        address=f"127.0.0.1:{free_port()}",
+    )
+    with pytest.raises(SourceError, match="no such file or folder"):
+        run([tmp_path / "missing"])
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "x.txt").write_bytes(b"abc\x00def")
+    with pytest.raises(SourceError, match="looks binary"):
+        run([binary])
+    with pytest.raises(ConfigError, match="chunk size must be positive"):
+        run([corpus], chunk_size=0)
+    with pytest.raises(ConfigError, match="cleanup must be one of"):
+        run([corpus], cleanup="sometimes")
+    with pytest.raises(ConfigError, match="'sqlite://' names no file"):
+        run([corpus], store="sqlite://")
+    with pytest.raises(ConfigError, match="'file://' names no folder"):
+        run([corpus], store="file://")
+    if importlib.util.find_spec("grpc") is None:
+        with pytest.raises(ClusterError, match=r'pip install "ray\[client\]"'):
+            run([corpus], address="ray://127.0.0.1:10001")
+    with pytest.raises(ConfigError, match="not host:port"):
+        run([corpus], address="http://127.0.0.1:8265")
+    assert not (tmp_path / "index").exists() and not (tmp_path / "c.db").exists()
+
+    # An index of another model is refused before the cluster embeds for it.
+    cachedvec.ingest(
+        [corpus], index=tmp_path / "index", store=store, model=FakeEmbeddings(DIM, name="early")
+    )
+    with pytest.raises(IndexMismatchError, match="built by model"):
+        run([corpus], model=fake_model("another"))
+    # Every vector cached (by the local engine): Ray is not even contacted.
+    (corpus / "new.md").write_text("A text the local engine embeds.")
+    cachedvec.ingest(
+        [corpus],
+        index=tmp_path / "other",
+        store=store,
+        model=FakeEmbeddings(DIM, name="early"),
+    )
+    report = run([corpus])
+    assert (report.computed, report.cache_hits, report.sources.added) == (0, 1, 1)
+
+
+def test_cli_an_empty_sqlite_path_gets_the_local_engine_s_error(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    args = ["ingest", str(corpus), "--index", str(tmp_path / "index"), "--store", "sqlite://"]
+    runner = CliRunner()
+    local, on_ray = runner.invoke(main, args), runner.invoke(main, [*args, "--engine", "ray"])
+    assert local.exit_code == on_ray.exit_code == 1
+    assert on_ray.output == local.output
+    assert on_ray.output.startswith("error: 'sqlite://' names no file")
