@@ -71,6 +71,9 @@ class CachedVectorStore(VectorStore):
         dim: the vector dimension, when the embeddings do not tell it; the
             index is otherwise created on the first add.
         index: an existing :class:`VectorIndex` to wrap (see :meth:`load`).
+
+    A context manager: ``with CachedVectorStore.load(path, emb) as store:``
+    closes the store (its index and docstore, not the embeddings) at the end.
     """
 
     def __init__(
@@ -512,10 +515,24 @@ class CachedVectorStore(VectorStore):
         )
 
     def close(self) -> None:
-        """Release the docstore; the store is unusable afterwards (ConfigError)."""
+        """Release what the store owns: its index (the SQLite docstore).
+
+        The store is unusable afterwards (``ConfigError``); closing again does
+        nothing. The embeddings are the caller's, and their cache stays open
+        (close a :class:`CachedEmbeddings` itself, or use it in ``with``).
+        """
+        if self._closed:
+            return
         self._closed = True
         if self._index is not None:
             self._index.close()
+
+    def __enter__(self) -> CachedVectorStore:
+        """``with CachedVectorStore(...) as store:`` closes it on the way out, error or not."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _check_open(self) -> None:
         # Checked here too: a store closed before its first add has no index

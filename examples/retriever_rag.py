@@ -95,8 +95,12 @@ def main() -> None:
 
     documents = load_documents()
     store, index = f"sqlite:///{workdir / 'cache.db'}", workdir / "index"
-    with CachedEmbeddings(store=store) as embeddings:
-        vectorstore = CachedVectorStore.from_documents(documents, embedding=embeddings)
+    # Both close on the way out, even if a question fails: the store's
+    # docstore first, then the embeddings' SQLite cache.
+    with (
+        CachedEmbeddings(store=store) as embeddings,
+        CachedVectorStore.from_documents(documents, embedding=embeddings) as vectorstore,
+    ):
         s = embeddings.stats
         print(
             f"indexed {len(documents)} chunks: {s.computed} vectors computed, "
@@ -116,7 +120,6 @@ def main() -> None:
             print(out["prompt"].to_string())
 
         vectorstore.save(index)
-        vectorstore.close()
     print(
         f"\nsaved the index; ask it from the shell:\n"
         f'  cachedvec query "How do I descale the kettle?" --index {index} --store {store}'

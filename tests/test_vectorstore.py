@@ -363,6 +363,32 @@ def test_a_closed_store_says_it_is_closed(store: CachedVectorStore, tmp_path: Pa
     store.close()  # closing twice is harmless
 
 
+def test_with_closes_the_store_and_leaves_the_embeddings_open(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    with CachedEmbeddings(FakeEmbeddings(dim=DIM), url) as embeddings:
+        with CachedVectorStore.from_texts(TEXTS, embeddings, METADATAS, ids=IDS) as vectorstore:
+            assert [d.id for d in vectorstore.similarity_search(TEXTS[4], k=1)] == ["doc4"]
+            vectorstore.save(tmp_path / "idx")
+        index = vectorstore.index
+        assert index is not None
+        with pytest.raises(ConfigError, match="closed"):
+            vectorstore.similarity_search("cats")
+        with pytest.raises(ConfigError, match="closed"):  # what it owned is released
+            index.search(np.ones(DIM))
+        vectorstore.close()  # idempotent: again, and after the with
+        # The embeddings (and their SQLite cache) are the caller's: still open.
+        assert embeddings.embed_documents_array(TEXTS[:1]).shape == (1, DIM)
+        assert embeddings.stats.hits >= 1
+
+        # An error inside the block closes the store too, and reaches the caller.
+        with pytest.raises(RuntimeError, match="inside"):
+            with CachedVectorStore.load(tmp_path / "idx", embeddings) as loaded:
+                assert len(loaded) == len(TEXTS)
+                raise RuntimeError("inside")
+        with pytest.raises(ConfigError, match="closed"):
+            loaded.get_by_ids(["doc0"])
+
+
 def test_a_store_closed_before_any_add_stays_closed() -> None:
     vectorstore = CachedVectorStore(DeterministicFakeEmbedding(size=4))
     vectorstore.close()
