@@ -243,14 +243,20 @@ def main() -> None:
     default="local",
     show_default=True,
     help="ray: compute missing vectors on a Ray actor pool sharing --store "
-    "(PostgreSQL across machines); needs cachedvec[ray].",
+    "(SQLite on one machine, PostgreSQL across machines); needs cachedvec[ray].",
 )
 @click.option(
     "--address",
     default=None,
-    help="Ray cluster to join (host:6379 or ray://host:10001); default: a local Ray.",
+    help="Ray cluster to join: the head node's host:6379; auto: the one `ray start` ran on "
+    "this machine; local: a new local Ray, the default unless $RAY_ADDRESS is set.",
 )
-@click.option("--workers", type=int, default=None, help="Ray actors embedding at once (default 2).")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Ray actors embedding at once, each loading the model (default 2).",
+)
 @json_option
 @handle_errors
 def ingest(
