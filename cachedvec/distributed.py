@@ -2,9 +2,10 @@
 
 The embedding step runs where our users already run it: ``map_batches``
 with a class-based callable on a fixed pool of N actors. Each actor
-holds one :class:`CachedEmbeddings` bound to the same store URL, normally
-PostgreSQL, so every worker checks the shared cache first and only missing
-vectors are computed anywhere in the cluster. The index is built afterwards
+holds one :class:`CachedEmbeddings` bound to the same store URL
+(PostgreSQL across machines, SQLite on one), so every worker checks the
+shared cache first and only missing vectors are computed anywhere in the
+cluster. The index is built afterwards
 on the driver from the cache (no vector travels back through Ray).
 
 Building blocks, for your own pipelines:
@@ -20,20 +21,29 @@ Building blocks, for your own pipelines:
 :func:`ingest` is ``cachedvec ingest --engine ray``: the driver reads and
 chunks the sources and skips unchanged ones exactly as the single-process
 job does, sends each unique text that the cache lacks to the actor pool
-once, then runs the single-process job, which now finds every vector in the
-cache and calls no model. The index, its ids and vectors, and the records
-are therefore those of the single-process path.
+once (only then is Ray started or joined), then runs the single-process
+job, which now finds every vector in the cache and calls no model. The
+index, its ids and vectors, and the records are therefore those of the
+single-process path.
 
-Failure handling. Everything is checked before any work starts: a
-``memory://`` store (each worker would get an empty cache of its own) is
-refused, and so are local file, SQLite and diskcache stores when the cluster
-has several nodes, a worker count that is not a positive integer, and a
-factory or metric other than the existing index's; an address that does not answer is a
-:class:`ClusterError` within seconds instead of Ray's long wait. A worker
-that dies mid-batch is restarted and its task retried by Ray (``retries``
-times). Nothing is lost: vectors are written to the cache batch by batch,
-writes are idempotent (a key is stored once, whoever writes it), and the
-retried batch finds what its predecessor wrote.
+Failure handling. Everything that needs no cluster is checked before Ray
+is contacted: the sources (missing, binary), the chunk settings, the model,
+worker, batch and retry counts (positive integers; ``retries`` may be 0),
+a factory or metric other than the existing index's, an index of another
+model, and the store: a ``memory://`` or ``sqlite:///:memory:`` store (each
+worker would get an empty cache of its own) is refused. When the cache
+already holds every vector, no cluster is started or joined at all.
+Otherwise :func:`connect` joins ``address`` (``None``: ``RAY_ADDRESS`` if
+set, else a new local Ray; ``"local"``: always a new local Ray): an address
+that does not answer, or answers but not as a Ray cluster (no HTTP/2, which
+Ray's gRPC speaks), is a :class:`ClusterError` within seconds instead of
+Ray's long wait, and a ``ray://`` address needs ``ray[client]``. Once
+connected, local file, SQLite and diskcache stores are refused when the
+cluster has several nodes. A worker that dies mid-batch is restarted and
+its task retried by Ray (``retries`` times). Nothing is lost: vectors are
+written to the cache batch by batch, writes are idempotent (a key is stored
+once, whoever writes it), and the retried batch finds what its predecessor
+wrote.
 """
 
 from __future__ import annotations
