@@ -75,20 +75,30 @@ def test_quickstart(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_retriever_rag(tmp_path: Path) -> None:
-    out = run("retriever_rag.py", "--workdir", tmp_path, "-k", "2")
+    out = run("retriever_rag.py", "--workdir", tmp_path)
     chunks, computed, cached = numbers(
         r"indexed (\d+) chunks: (\d+) vectors computed, (\d+) from the cache", out
     )
     assert chunks > 0 and computed > 0 and cached == chunks - computed  # repeats in-batch
     # Each question retrieves from the file that answers it, and the prompt
-    # an LLM would read carries that context and the question.
+    # an LLM would read carries the answer itself, not only its file's name.
     sections = out.split("\n=== ")[1:]
-    sources = ["handbook/vacation-policy.md", "products/halcyon-k2-kettle/troubleshooting.md"]
-    for section, source in zip(sections, sources, strict=True):
+    expected = [
+        ("handbook/vacation-policy.md", "carry **up to five unused vacation days** into the next"),
+        (
+            "products/halcyon-k2-kettle/troubleshooting.md",
+            "| **E1** | 1 | **Dry boil**: the kettle was switched on empty",
+        ),
+    ]
+    for section, (source, answer) in zip(sections, expected, strict=True):
         question = section.split(" (query vector", 1)[0]
         assert f"  1. {source}" in section
-        assert "prompt for the LLM:" in section and f"[{source}]" in section
-        assert f"Human: {question}" in section
+        assert len(re.findall(r"(?m)^  \d+\. ", section)) == 4  # the default k
+        prompt = section.split("prompt for the LLM:\n", 1)[1]
+        context, asked = prompt.split("\nHuman: ", 1)
+        assert f"[{source}]" in context
+        assert answer in context, f"{question!r}: the answer is not in the context"
+        assert asked.startswith(question)
     assert "--index" in out and (tmp_path / "index" / "manifest.json").is_file()
 
     # Same work folder again: every chunk and question comes from the cache.
