@@ -59,18 +59,26 @@ def test_docstring_says_what_it_shows_and_how_to_run_it(script: str) -> None:
 @pytest.mark.model
 def test_quickstart(tmp_path: Path) -> None:
     # One folder of the corpus keeps the test quick; the README runs it all.
-    out = run(
-        "quickstart.py",
-        "--store",
-        f"sqlite:///{tmp_path / 'cache.db'}",
-        "--corpus",
-        EXAMPLES / "corpus" / "recipes",
+    recipes = EXAMPLES / "corpus" / "recipes"  # 122 paragraphs, 10 of them repeats
+    args = ("--store", f"sqlite:///{tmp_path / 'cache.db'}", "--corpus", recipes)
+    out = run("quickstart.py", *args)
+    texts, distinct, duplicates = numbers(
+        r"(\d+) paragraphs from .*: (\d+) distinct, (\d+) duplicates", out
     )
-    (texts,) = numbers(r"(\d+) paragraphs", out)
-    hits, computed = numbers(r"first pass: .*: (\d+) hits, \d+ misses, (\d+) computed", out)
-    assert hits == 0 and 0 < computed <= texts
-    again = numbers(r"second pass: .*: (\d+) hits, (\d+) misses, (\d+) computed", out)
-    assert again == (computed, 0, 0)
+    assert duplicates == texts - distinct > 0
+    stats = r": (\d+) hits, (\d+) misses, (\d+) computed, (\d+) duplicates"
+    cold = "nothing cached yet, the model computed every vector"
+    warm = "all from the cache, no model call"
+    first = numbers(rf"pass 1 \({cold}\): {texts} vectors .*{stats}", out)
+    assert first == (0, distinct, distinct, duplicates)
+    second = numbers(rf"pass 2 \({warm}\): {texts} vectors .*{stats}", out)
+    assert second == (distinct, 0, 0, duplicates)
+
+    # Run again on the same store: both passes say they came from the cache.
+    again = run("quickstart.py", *args)
+    for n in (1, 2):
+        assert numbers(rf"pass {n} \({warm}\): .*{stats}", again) == second
+    assert cold not in again
 
 
 @pytest.mark.model
