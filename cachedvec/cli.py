@@ -351,7 +351,8 @@ def ingest(
     "--rerank",
     type=int,
     default=None,
-    help="Candidates per result re-scored exactly from --store (default: the index's setting).",
+    help="Candidates per result re-scored exactly from --store, at least 32 per query "
+    "(default: the index's setting).",
 )
 @json_option
 @handle_errors
@@ -464,7 +465,7 @@ def query(
     type=int,
     default=None,
     help="Candidates per result that searches re-score exactly with the vectors "
-    "in the cache (default: 4 for PQ factories, else off).",
+    "in the cache, at least 32 per query (default: 4 for PQ factories, else off).",
 )
 @click.option("--no-rerank", is_flag=True, help="Never re-rank (not even PQ factories).")
 @json_option
