@@ -56,6 +56,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import urlsplit
@@ -89,6 +90,7 @@ from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE
 from cachedvec.models import EmbeddingModel, as_model
 from cachedvec.sources import Chunker, Source, find_files, read_source
 from cachedvec.stores import open_store, redact_url
+from cachedvec.stores.sql import _normalise_url
 
 if TYPE_CHECKING:
     from ray.data import Dataset
@@ -203,9 +205,12 @@ def _host_port(address: str, where: str) -> tuple[str, int]:
             if parts.scheme.lower() in ("http", "https")
             else ""
         )
+        from_env = where[len(address) :]  # " (from RAY_ADDRESS)", or nothing
+        if from_env:
+            hint += "; unset RAY_ADDRESS, or pass --address local for a Ray of this run's own"
         raise ConfigError(
-            f"Ray address {where!r} is not host:port: give the head node's GCS address, "
-            f"host:6379 by default{hint}"
+            f"Ray address {address!r}{from_env} is not host:port: give the head node's GCS "
+            f"address, host:6379 by default{hint}"
         )
     return host, port
 
@@ -298,6 +303,7 @@ def _split_local(url: str, family: str) -> tuple[str, str, str]:
     """Scheme, path and query of a local store URL; an empty path is refused."""
     scheme, rest = url.split("://", 1)
     if family == "sqlite":  # sqlite:///relative.db, sqlite:////absolute.db
+        _normalise_url(url)  # the store's own refusals (a host, a bad driver) come first
         path, _, query = rest[1:].partition("?")
     else:  # file:///absolute, file://relative
         path, _, query = rest.partition("?")
@@ -597,14 +603,16 @@ def ingest(
     store, family = _absolute_store_url(store)  # memory:// and friends refused
     check_index_type(Path(index), factory, metric)
     chunker = Chunker(chunk_size, chunk_overlap, text_field)
-    sources = [read_source(path) for path in find_files(paths)]
+    said: set[str] = set()  # warnings given in this run
+    with _each_warning_once("cachedvec.sources", said):
+        files = find_files(paths)
     driver_model = _build_model(model)
     check_new_index(Path(index), factory, metric, driver_model.fingerprint.dim)
     if (Path(index) / "manifest.json").exists():  # an index of another model: not after Ray
         check_expectations(
             read_manifest(index), index, fingerprint=driver_model.fingerprint.to_dict(), dim=None
         )
-    missing = _missing_texts(sources, chunker, index, store, family, driver_model)
+    missing = _missing_texts(files, chunker, index, store, family, driver_model)
     computed = 0
     if missing:  # else the local pass below does all there is: no cluster at all
         owns_ray = connect(address, workers=workers)
@@ -616,20 +624,21 @@ def ingest(
         finally:
             if owns_ray:
                 _ray().shutdown()
-    report = ingest_locally(
-        paths,
-        index=index,
-        store=store,
-        model=driver_model,
-        chunk_size=chunk_size,
-        chunk_overlap=chunk_overlap,
-        text_field=text_field,
-        cleanup=cleanup,
-        factory=factory,
-        metric=metric,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
+    with _each_warning_once("cachedvec.sources", said):  # the local pass finds them again
+        report = ingest_locally(
+            paths,
+            index=index,
+            store=store,
+            model=driver_model,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            text_field=text_field,
+            cleanup=cleanup,
+            factory=factory,
+            metric=metric,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
     # The local pass found the workers' vectors in the cache: count them as computed.
     looked_up = report.cache_hits + report.computed
     report.computed += computed
@@ -638,8 +647,33 @@ def ingest(
     return report
 
 
+@contextmanager
+def _each_warning_once(logger_name: str, said: set[str]) -> Iterator[None]:
+    """Drop a message ``logger_name`` logs if it is in ``said``, and add the others.
+
+    The Ray path finds the files before the cluster works and the local pass
+    finds them again: a warning about one (a folder with nothing to read, a
+    pipe skipped) is worth one line, not two. Only repeats are dropped, so
+    other threads' warnings pass.
+    """
+
+    def first_time(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in said:
+            return False
+        said.add(message)
+        return True
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(first_time)
+    try:
+        yield
+    finally:
+        logger.removeFilter(first_time)
+
+
 def _missing_texts(
-    sources: Sequence[Source],
+    files: Sequence[Path],
     chunker: Chunker,
     index: str | os.PathLike[str],
     store: str,
@@ -648,13 +682,16 @@ def _missing_texts(
 ) -> list[str]:
     """Unique chunk texts of new or changed sources whose vectors the cache lacks.
 
-    A local store that does not exist yet lacks them all, and is not created
-    here: a file store is refused on several nodes only once Ray is up.
+    Every file is read (a binary one fails here, before Ray), one at a time:
+    only the chunk texts of changed files are kept. A local store that does
+    not exist yet lacks them all, and is not created here: a file store is
+    refused on several nodes only once Ray is up.
     """
     index_dir = Path(index)
     records = load_records(index_dir) if (index_dir / "manifest.json").exists() else {}
     texts: dict[str, None] = {}
-    for source in sources:
+    for file in files:
+        source = read_source(file)
         if records.get(source.name, {}).get("version") != _version(source, chunker):
             texts.update(dict.fromkeys(chunk.text for chunk in chunker.chunks(source)))
     unique = list(texts)

@@ -85,7 +85,7 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             continue
         if not path.is_dir():
             raise SourceError(f"{given} is not a regular file or a folder; only files are ingested")
-        before = len(found)
+        matched = 0  # supported files under this folder, also ones another path gave
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
@@ -94,9 +94,10 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 file = Path(dirpath) / name
                 if file.is_file() or not file.exists():  # a broken link fails as unreadable
                     found[file.resolve()] = None
+                    matched += 1
                 else:
                     log.warning("skipping %s: not a regular file (a pipe, a socket...)", file)
-        if len(found) == before:
+        if not matched:
             log.warning(
                 "no text, Markdown or JSON Lines files under %s (suffixes: %s)",
                 given,

@@ -39,6 +39,7 @@ from cachedvec.errors import (  # noqa: E402
     ClusterError,
     ConfigError,
     IndexMismatchError,
+    InvalidURLError,
     SourceError,
 )
 from cachedvec.index import VectorIndex  # noqa: E402
@@ -299,6 +300,20 @@ def test_another_metric_is_refused_before_the_cluster_embeds(
     assert stored_keys(store) == cached
 
 
+def test_a_sqlite_url_with_a_host_is_refused_as_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Made absolute for the workers, it once became <cwd>/ost/x.db.
+    corpus = write_corpus(tmp_path / "corpus", PARAGRAPHS[:4], files=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed, "connect", lambda *a, **k: pytest.fail("connected"))
+    with pytest.raises(InvalidURLError, match="never a host"):
+        distributed.ingest(
+            [corpus], index=tmp_path / "index", store="sqlite://host/x.db", model=fake_model("h")
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
 @pytest.mark.parametrize("factory", ["Bogus", "IVF7,PQ5"])
 def test_a_factory_faiss_refuses_fails_before_the_cluster_embeds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str
@@ -356,22 +371,27 @@ def not_ray() -> Iterator[str]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
+    server.settimeout(0.1)  # so the loop sees the end of the test (close does not wake accept)
+    done = threading.Event()
 
     def serve() -> None:
-        while True:
+        while not done.is_set():
             try:
                 conn, _ = server.accept()
-            except OSError:
-                return  # closed: the test is over
+            except OSError:  # a timeout: look at `done` again
+                continue
             with conn:
+                conn.settimeout(5)
                 conn.recv(1024)
                 conn.sendall(b"HTTP/1.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.getsockname()[1]}"
-    server.close()
+    done.set()
     thread.join(timeout=5)
+    assert not thread.is_alive()
+    server.close()
 
 
 def test_an_open_port_that_is_not_ray_is_refused_without_ray_s_wait(

@@ -402,8 +402,8 @@ def test_no_supported_file_is_a_warning_and_no_index(
 def test_each_folder_without_a_supported_file_is_named(
     tmp_path: Path, setup: dict, caplog: pytest.LogCaptureFixture
 ) -> None:
-    texts, scans = tmp_path / "texts", tmp_path / "scans"
-    texts.mkdir()
+    texts, scans = tmp_path / "docs" / "texts", tmp_path / "scans"
+    texts.mkdir(parents=True)
     scans.mkdir()
     (texts / "a.txt").write_text("A paragraph about kettles.\n", "utf-8")
     (scans / "manual.pdf").write_bytes(b"%PDF-1.7")
@@ -412,6 +412,11 @@ def test_each_folder_without_a_supported_file_is_named(
     assert report.documents == 1
     (message,) = [r.getMessage() for r in caplog.records]
     assert message.startswith(f"no text, Markdown or JSON Lines files under {scans} ")
+    # A folder whose files another path also names is not empty.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cachedvec"):
+        cachedvec.ingest([tmp_path / "docs", texts, texts / "a.txt"], **setup)
+    assert not caplog.records
 
 
 def test_switching_models_looks_each_repeated_text_up_once(tmp_path: Path, setup: dict) -> None:
