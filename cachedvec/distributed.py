@@ -580,9 +580,11 @@ def ingest(
     (actors) and ``retries``. ``model`` as in :func:`embed_dataset`.
     ``computed`` counts vectors the workers computed.
 
-    Sources, chunk settings, model, index and store URL are checked before
-    Ray is contacted, and when the cache already holds every vector the run
-    needs no cluster at all (nor checks that ``address`` answers).
+    Sources, chunk settings, model, index and the store URL's form (and an
+    existing store itself) are checked before Ray is contacted; the options
+    of a store that does not exist yet are checked by the workers that
+    create it. When the cache already holds every vector the run needs no
+    cluster at all (nor checks that ``address`` answers).
     """
     from cachedvec.ingestion import ingest as ingest_locally
 
