@@ -26,7 +26,7 @@ from cachedvec.errors import CachedVecError, ConfigError
 from cachedvec.jobs import DEFAULT_INDEX, DEFAULT_STORE, read_history
 
 F = TypeVar("F", bound=Callable[..., Any])
-#: Set (to anything) to get the traceback of an unexpected error instead of one line.
+#: Set to 1 to get the traceback of an unexpected error instead of one line.
 TRACEBACK_VARIABLE = "CACHEDVEC_TRACEBACK"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -102,11 +102,11 @@ def handle_errors(func: F) -> F:
             interrupt = _interrupt_behind(exc)
             if interrupt is not None:
                 _exit_interrupted(interrupt)
-            if os.environ.get(TRACEBACK_VARIABLE):
+            if os.environ.get(TRACEBACK_VARIABLE, "").strip().lower() in ("1", "true", "yes"):
                 raise
             message = (str(exc).strip().splitlines() or [""])[0]
             click.echo(
-                f"error: {type(exc).__name__}: {message} "
+                f"error: {type(exc).__name__}{': ' + message if message else ''} "
                 f"(set {TRACEBACK_VARIABLE}=1 for the traceback)",
                 err=True,
             )

@@ -515,7 +515,7 @@ class CachedVectorStore(VectorStore):
         )
 
     def close(self) -> None:
-        """Release what the store owns: its index (the SQLite docstore).
+        """Close its index (and the index's SQLite docstore), also one given as ``index=``.
 
         The store is unusable afterwards (``ConfigError``); closing again does
         nothing. The embeddings are the caller's, and their cache stays open

@@ -195,6 +195,14 @@ def test_a_failing_model_is_one_error_line_and_keeps_nothing_half_done(
     result = cli("ingest", ws.corpus, *ws.where)
     assert isinstance(result.exception, RuntimeError) and result.exit_code == 1
 
+    def no_message(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(default_model().model, "encode", no_message)
+    monkeypatch.setenv("CACHEDVEC_TRACEBACK", "0")  # off, as unset
+    line = error_line(cli("ingest", ws.corpus, *ws.where))
+    assert line == "error: MemoryError (set CACHEDVEC_TRACEBACK=1 for the traceback)"
+
 
 @pytest.mark.model
 def test_ingest_replaces_exactly_the_changed_chunks(ws: Workspace) -> None:

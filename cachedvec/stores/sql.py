@@ -442,15 +442,15 @@ class SQLStore(CachedVecStore):
         touch_interval: a read refreshes an entry's last-read time only when
             it is older than this many seconds; ``0`` never refreshes it.
         pool_size: connections kept open to a PostgreSQL server.
-
-    A numeric option that is NaN, infinite, negative, a bool or not a number
-    is a :class:`~cachedvec.errors.ConfigError` naming it, before anything
-    is opened.
         durable: make every write durable before it returns (SQLite
             ``synchronous=FULL``, PostgreSQL ``synchronous_commit=on``). By
             default a power cut (SQLite) or a server crash (PostgreSQL) may
             lose the last moments of writes, which are recomputed, and never
             corrupts the store; writes are much faster.
+
+    A numeric option that is NaN, infinite, negative, a bool or not a number
+    is a :class:`~cachedvec.errors.ConfigError` naming it, before anything
+    is opened.
     """
 
     def __init__(
