@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cachedvec import open_store
 from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.sql import make_engine
 
 # Never reach a model hub from a test, whatever the machine has cached.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +34,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def execute_sql(url: str, *statements: str) -> None:
+    """Change a SQL database behind cachedvec's back (tests of what it then does)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()
 
 
 def store_url(kind: str, folder: Path) -> str:

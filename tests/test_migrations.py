@@ -23,6 +23,7 @@ from cachedvec import migrate
 from cachedvec.errors import ConfigError, SchemaError, StoreError
 from cachedvec.stores.sql import SQLStore, make_engine
 from cachedvec.stores.sql_schema import SCHEMA_REVISION, VERSION_TABLE, metadata
+from tests.conftest import execute_sql
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,17 +40,6 @@ def tables(url: str) -> set[str]:
     engine = make_engine(url)
     try:
         return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
-def execute(url: str, *statements: str) -> None:
-    """Change a database behind cachedvec's back."""
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            for statement in statements:
-                conn.execute(sa.text(statement))
     finally:
         engine.dispose()
 
@@ -115,7 +105,7 @@ def test_a_failed_upgrade_leaves_nothing_behind(empty_db_url: str) -> None:
     """DDL is transactional on both dialects: no version row, no half schema."""
     # An index of that name is no table, so the migration itself runs, after
     # creating the version table, and fails at CREATE TABLE.
-    execute(
+    execute_sql(
         empty_db_url,
         "CREATE TABLE other (x INTEGER)",
         "CREATE INDEX cachedvec_entries ON other (x)",
@@ -142,7 +132,7 @@ def test_a_database_at_a_revision_unknown_to_the_code_is_refused(
     empty_db_url: str, recorded: str
 ) -> None:
     migrate.upgrade(empty_db_url)
-    execute(empty_db_url, f"UPDATE {VERSION_TABLE} SET version_num = '{recorded}'")
+    execute_sql(empty_db_url, f"UPDATE {VERSION_TABLE} SET version_num = '{recorded}'")
     for run in (migrate.upgrade, migrate.downgrade, migrate.move_to):
         for target in ("head", "base", SCHEMA_REVISION):
             with pytest.raises(
@@ -158,7 +148,7 @@ def test_upgrade_recreates_tables_dropped_behind_its_back(
     empty_db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     migrate.upgrade(empty_db_url)
-    execute(empty_db_url, "DROP TABLE cachedvec_entries")
+    execute_sql(empty_db_url, "DROP TABLE cachedvec_entries")
     with caplog.at_level(logging.WARNING, logger="cachedvec"):
         assert migrate.upgrade(empty_db_url) == SCHEMA_REVISION
     assert "its tables are missing: starting again from no tables" in caplog.text
@@ -175,7 +165,7 @@ def test_upgrade_stamps_cachedvec_tables_whose_revision_is_missing(
     migrate.upgrade(empty_db_url)
     with SQLStore(empty_db_url) as store:
         store.mset([("k", b"v")])
-    execute(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
+    execute_sql(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
     assert migrate.current(empty_db_url) is None
     with caplog.at_level(logging.WARNING, logger="cachedvec"):
         assert migrate.upgrade(empty_db_url) == SCHEMA_REVISION
@@ -189,13 +179,13 @@ def test_a_cachedvec_sqlite_file_without_its_revision_opens_again(tmp_path: Path
     url = f"sqlite:///{tmp_path}/cache.db"
     with SQLStore(url) as store:
         store.mset([("k", b"v")])
-    execute(url, f"DELETE FROM {VERSION_TABLE}")
+    execute_sql(url, f"DELETE FROM {VERSION_TABLE}")
     with SQLStore(url) as store:  # cachedvec's own file: repaired on opening
         assert store.mget(["k"]) == [b"v"]
 
 
 def test_a_foreign_table_of_the_same_name_is_named_and_kept(empty_db_url: str) -> None:
-    execute(empty_db_url, "CREATE TABLE cachedvec_entries (id INTEGER)")
+    execute_sql(empty_db_url, "CREATE TABLE cachedvec_entries (id INTEGER)")
     with pytest.raises(SchemaError, match="table cachedvec_entries that cachedvec did not create"):
         migrate.upgrade(empty_db_url)
     assert tables(empty_db_url) == {"cachedvec_entries"}
@@ -204,7 +194,7 @@ def test_a_foreign_table_of_the_same_name_is_named_and_kept(empty_db_url: str) -
 
 def test_a_dba_index_does_not_hide_cachedvec_tables(empty_db_url: str) -> None:
     migrate.upgrade(empty_db_url)
-    execute(
+    execute_sql(
         empty_db_url,
         "CREATE INDEX dba_created ON cachedvec_entries (created_at)",
         f"DELETE FROM {VERSION_TABLE}",
@@ -218,7 +208,7 @@ def test_a_key_column_in_the_locale_collation_is_not_taken_for_ours(
 ) -> None:
     # Without "C", prefix scans (yield_keys, prune by namespace) would be wrong.
     migrate.upgrade(fresh_postgres_url)
-    execute(
+    execute_sql(
         fresh_postgres_url,
         'ALTER TABLE cachedvec_entries ALTER COLUMN key TYPE text COLLATE "default"',
         f"DELETE FROM {VERSION_TABLE}",
@@ -233,7 +223,7 @@ def _upgrade(url: str) -> str | None:
 
 def test_processes_repairing_one_database_at_once_stamp_it_once(empty_db_url: str) -> None:
     migrate.upgrade(empty_db_url)
-    execute(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
+    execute_sql(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
     with multiprocessing.get_context("fork").Pool(4) as pool:
         assert pool.map(_upgrade, [empty_db_url] * 4) == [SCHEMA_REVISION] * 4
     assert version_rows(empty_db_url) == 1

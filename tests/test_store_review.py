@@ -20,6 +20,7 @@ from cachedvec.cli import main
 from cachedvec.errors import ConfigError, InvalidURLError, SchemaError
 from cachedvec.stores.sql import SQLStore, make_engine
 from cachedvec.stores.sql_schema import VERSION_TABLE
+from tests.conftest import execute_sql
 
 NAN, INF = float("nan"), float("inf")
 
@@ -177,16 +178,6 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/app.db"
 
 
-def execute(url: str, *statements: str) -> None:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            for statement in statements:
-                conn.execute(sa.text(statement))
-    finally:
-        engine.dispose()
-
-
 def rows(url: str) -> list[tuple[Any, ...]]:
     engine = make_engine(url)
     try:
@@ -199,7 +190,7 @@ def rows(url: str) -> list[tuple[Any, ...]]:
 def test_a_foreign_entries_table_is_named_without_sending_the_user_to_migrate(
     empty_db_url: str,
 ) -> None:
-    execute(
+    execute_sql(
         empty_db_url,
         "CREATE TABLE cachedvec_entries (id INTEGER PRIMARY KEY, name TEXT)",
         "INSERT INTO cachedvec_entries VALUES (1, 'theirs')",
@@ -237,9 +228,9 @@ def test_cachedvec_tables_without_their_revision_still_point_to_migrate(
 ) -> None:
     # Exactly cachedvec's table, its revision row lost: migrate repairs it.
     migrate.upgrade(empty_db_url)
-    execute(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
+    execute_sql(empty_db_url, f"DELETE FROM {VERSION_TABLE}")
     if empty_db_url.startswith("sqlite"):  # not stamped as ours: not repaired on opening
-        execute(empty_db_url, "PRAGMA application_id=0")
+        execute_sql(empty_db_url, "PRAGMA application_id=0")
     with pytest.raises(SchemaError, match=r"no recorded cachedvec schema revision \(run: "):
         SQLStore(empty_db_url, create=False)
     migrate.upgrade(empty_db_url)
