@@ -236,3 +236,28 @@ def test_cachedvec_tables_without_their_revision_still_point_to_migrate(
     migrate.upgrade(empty_db_url)
     with SQLStore(empty_db_url, create=False) as store:
         assert store.mget(["k"]) == [None]
+
+
+# --- flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "flag"),
+    # diskcache stores take no durable option.
+    [("sqlite", "create"), ("sqlite", "durable"), ("file", "create"), ("file", "durable")]
+    + [("diskcache", "create")],
+)
+def test_a_flag_that_is_not_a_bool_is_refused_before_anything_is_made(
+    kind: str, flag: str, tmp_path: Path
+) -> None:
+    url = {
+        "sqlite": f"sqlite:///{tmp_path}/c.db",
+        "file": f"file://{tmp_path}/c",
+        "diskcache": f"diskcache://{tmp_path}/c",
+    }[kind]
+    # "no" would count as true: a cache written without the durability asked
+    # for, or created where the caller said not to.
+    for value in ("no", 0, None):
+        with pytest.raises(ConfigError, match=f"{flag} must be True or False"):
+            open_store(url, **{flag: value})
+    assert list(tmp_path.iterdir()) == []

@@ -64,6 +64,16 @@ def check_seconds(name: str, value: Any, *, maximum: int, zero: bool = True) -> 
     return seconds
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a :class:`ConfigError` naming ``name``.
+
+    A string such as ``"no"`` would otherwise count as true.
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r:.60}")
+    return value
+
+
 def prune_cutoff(older_than: float) -> float | None:
     """The Unix time before which an entry is older than ``older_than`` seconds.
 

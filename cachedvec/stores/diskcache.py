@@ -39,7 +39,7 @@ from typing import Any
 import diskcache
 
 from cachedvec.errors import ConfigError, InvalidKeyError, InvalidValueError, StoreError
-from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.base import CachedVecStore, check_flag
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class DiskCacheStore(CachedVecStore):
         settings = check_settings(
             self.url, size_limit=size_limit, eviction_policy=eviction_policy, cull_limit=cull_limit
         )
-        if not create and not os.path.isdir(os.path.expanduser(directory)):
+        if not check_flag("create", create) and not os.path.isdir(os.path.expanduser(directory)):
             raise StoreError(
                 f"cannot open diskcache store {self.url}: no such folder (no cache has been "
                 "written there)"

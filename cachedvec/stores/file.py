@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from cachedvec.errors import InvalidKeyError, InvalidValueError, StoreError
-from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.base import CachedVecStore, check_flag
 
 _MAX_NAME = 240  # stay under the common 255-byte file name limit
 _TMP_PREFIX = ".tmp-"
@@ -71,7 +71,8 @@ class FileStore(CachedVecStore):
     ) -> None:
         self.root = Path(root).expanduser()
         self.url = f"file://{self.root}"
-        self.durable = durable
+        self.durable = check_flag("durable", durable)
+        check_flag("create", create)
         self._root = str(self.root)
         self._shards_made: set[str] = set()  # saves a mkdir call per write
         if not create and not self.root.is_dir():

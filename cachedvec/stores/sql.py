@@ -69,6 +69,7 @@ from cachedvec.stores.base import (
     OTHER_KEYS,
     CachedVecStore,
     NamespaceStats,
+    check_flag,
     check_seconds,
     prune_cutoff,
 )
@@ -470,6 +471,8 @@ class SQLStore(CachedVecStore):
             "touch_interval", touch_interval, maximum=_MAX_TOUCH_INTERVAL
         )
         pool_size = check_count("pool_size", pool_size)
+        check_flag("create", create)
+        check_flag("durable", durable)
         self.url = redact_url(url)
         self._raw_url = url
         self._sa_url = _normalise_url(url)
