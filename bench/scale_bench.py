@@ -15,7 +15,8 @@ entry, each in a fresh child process that reports:
 
 - wall time of the rebuild;
 - peak memory growth over the child's memory just before the call:
-  anonymous memory (what the build allocates; sampled every 20 ms) and
+  anonymous memory (what the build allocates; sampled every 20 ms, so a
+  shorter spike can be missed: a lower bound) and
   resident memory (also counts pages of memory-mapped files: SQLite's
   mmap of the cache and the on-disk lists, which the kernel can drop);
 - the final index size (FAISS file, plus the lists file for ``ondisk``)
@@ -45,7 +46,9 @@ bundled examples) ingested with the default model into two empty
 PostgreSQL caches (a throwaway server is started; ``--postgres URL`` uses
 yours): once by the single-process path, once by ``--engine ray`` with
 ``--workers`` actors on a local Ray. Prints vectors computed per second for
-both (Ray with and without cluster start-up) and their ratio.
+both (Ray with and without cluster start-up) and their ratio. The single
+process runs first, in this process, so it also reads the model files from
+disk first; the ratio is informational (no target).
 
 Prints Markdown tables and one PASS/FAIL line per scale target.
 """
