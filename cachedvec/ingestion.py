@@ -44,6 +44,7 @@ from cachedvec.jobs import (
     progress,
     record_run,
 )
+from cachedvec.models import as_model
 from cachedvec.sources import Chunk, Chunker, Source, find_files, read_source
 
 #: One file or folder, or several.
@@ -218,6 +219,10 @@ def ingest(
     chunker = Chunker(chunk_size, chunk_overlap, text_field)
     index_dir = Path(index)
     check_index_type(index_dir, factory, metric)
+    # Built once here, so that its dimension (when its fingerprint knows it)
+    # checks the factory of a new index before any cache is opened or made.
+    embedding_model = as_model(model)
+    check_new_index(index_dir, factory, metric, embedding_model.fingerprint.dim)
     roots = [Path(p).expanduser().resolve() for p in paths]
     files = find_files(paths)
     # Every file is read (and checked) before anything changes, but the text
@@ -234,13 +239,10 @@ def ingest(
 
     with (
         index_job(index_dir),
-        CachedEmbeddings(model, store, batch_size=batch_size) as emb,
+        CachedEmbeddings(embedding_model, store, batch_size=batch_size) as emb,
     ):
         if (index_dir / "manifest.json").exists():
             vindex: VectorIndex | None = VectorIndex.load(index_dir, fingerprint=emb.fingerprint)
-        elif emb.dim is not None:
-            # Built empty now, so a factory FAISS refuses fails before any model call.
-            vindex = _new_index(emb, emb.dim, factory, metric)
         else:
             vindex = None  # made in _apply once the first vector gives the dimension
         records = load_records(index_dir)

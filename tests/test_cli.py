@@ -542,6 +542,7 @@ def test_ingest_keeps_the_metric_of_an_existing_index_unless_told_otherwise(
 def test_bad_ingest_options(ws: Workspace, option: list[str]) -> None:
     error_line(cli("ingest", ws.corpus, *ws.where, *option))
     assert not ws.index.exists()
+    assert not (ws.root / "cache.db").exists()  # refused before a cache is made
 
 
 @pytest.mark.parametrize("url", ["memory://", "bogus://x"])

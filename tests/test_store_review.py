@@ -245,7 +245,7 @@ def test_cachedvec_tables_without_their_revision_still_point_to_migrate(
     ("kind", "flag"),
     # diskcache stores take no durable option.
     [("sqlite", "create"), ("sqlite", "durable"), ("file", "create"), ("file", "durable")]
-    + [("diskcache", "create")],
+    + [("diskcache", "create"), ("memory", "create")],
 )
 def test_a_flag_that_is_not_a_bool_is_refused_before_anything_is_made(
     kind: str, flag: str, tmp_path: Path
@@ -254,6 +254,7 @@ def test_a_flag_that_is_not_a_bool_is_refused_before_anything_is_made(
         "sqlite": f"sqlite:///{tmp_path}/c.db",
         "file": f"file://{tmp_path}/c",
         "diskcache": f"diskcache://{tmp_path}/c",
+        "memory": "memory://",  # ignores create, but a typo is still a typo
     }[kind]
     # "no" would count as true: a cache written without the durability asked
     # for, or created where the caller said not to.

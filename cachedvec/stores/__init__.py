@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cachedvec.errors import CachedVecError, ConfigError, InvalidURLError, StoreError
-from cachedvec.stores.base import CachedVecStore
+from cachedvec.stores.base import CachedVecStore, check_flag
 from cachedvec.stores.memory import MemoryStore
 
 __all__ = ["CachedVecStore", "MemoryStore", "open_store", "redact_url"]
@@ -117,6 +117,7 @@ def _open(url: str, options: dict[str, Any]) -> CachedVecStore:
     family = scheme.split("+", 1)[0]
     if family == "memory":
         _check_options(options, ("create",), "memory")
+        check_flag("create", options.get("create", True))  # ignored, but never a typo
         return MemoryStore()
     if family == "file":
         from cachedvec.stores.file import FileStore
